@@ -1,0 +1,30 @@
+"""The RQ job function. Workers bind their App before taking jobs."""
+
+from typing import Any
+
+from rq import get_current_job
+
+from .errors import MigratioError
+from .migration import App, run_migration
+from .status import RqMeta
+
+_bound: list[App] = []
+
+
+def bind_app(app: App) -> None:
+    """Called by the worker at start; forked work-horses inherit it."""
+    _bound[:] = [app]
+
+
+def migrate(image_uuid: str, destination_site: str) -> dict[str, Any]:
+    """Migrate one image from this site to `destination_site` (what `migratio migrate` enqueues)."""
+    if not _bound:
+        raise RuntimeError("migratio.job.migrate runs only inside `migratio worker`")
+    job = get_current_job()
+    try:
+        return run_migration(_bound[0], job.id, image_uuid, destination_site, RqMeta(job),
+                             retries_left=job.retries_left or 0)
+    except MigratioError as exc:
+        if not exc.retryable:
+            job.retries_left = 0  # permanent: RQ must not retry it
+        raise

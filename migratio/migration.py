@@ -1,0 +1,80 @@
+"""One migration: validate the job, take the lock, run the destination's pipeline, report."""
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from redis import Redis
+
+from . import ids
+from .config import Config
+from .errors import MigratioError
+from .locks import MigrationLock
+from .pipeline import Context, run_pipeline
+from .services import Services
+from .sites import load_site
+from .status import JobInfo, Meta, StatusSink
+from .steps import build_steps
+
+log = logging.getLogger("migratio.migration")
+
+
+@dataclass
+class App:
+    """Everything a worker needs to run jobs, built once at start."""
+
+    config: Config
+    redis: Redis
+    services: Services
+    status: StatusSink
+    steps_for: Callable[[Any], list] = field(default=build_steps)  # Site -> steps (tests pass their own)
+
+
+def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta,
+                  retries_left: int = 0) -> dict[str, Any]:
+    """Run one migration; raises MigratioError (with `retryable`) on failure, after reporting it."""
+    info = JobInfo(job_id, str(image), app.config.name, str(dest))
+    try:
+        image_id, site = ids.image_id(image), load_site(app.config.sites_dir, str(dest))
+        steps = app.steps_for(site)
+        info = JobInfo(job_id, image_id, app.config.name, site.id)
+        with MigrationLock(app.redis, app.config.namespace, image_id, site.id, app.config.lock_ttl):
+            result = _run(app, info, site, steps, meta)
+    except MigratioError as exc:
+        _report_failure(app, info, meta, str(exc), retrying=exc.retryable and retries_left > 0)
+        raise
+    except Exception as exc:
+        log.exception("job=%s internal error", job_id)
+        _report_failure(app, info, meta, f"internal error ({type(exc).__name__}); see the worker log",
+                        retrying=retries_left > 0)
+        raise
+    meta.update(state="finished", result=result, step=None)
+    app.status.emit(info, _final_line(result, site.id))
+    return result
+
+
+def _run(app: App, info: JobInfo, site, steps, meta: Meta) -> dict[str, Any]:
+    workdir = app.config.work_dir / ids.site_id(info.job_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(job=info, config=app.config, site=site, services=app.services, workdir=workdir,
+                  meta=meta, status=app.status)
+    try:
+        return run_pipeline(ctx, steps)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _report_failure(app: App, info: JobInfo, meta: Meta, reason: str, retrying: bool) -> None:
+    state = "retrying" if retrying else "failed"
+    meta.update(state=state, error=reason)
+    prefix = "Migration attempt failed, will retry" if retrying else "Migration failed"
+    log.error("job=%s %s: %s", info.job_id, prefix.lower(), reason)
+    app.status.emit(info, f"{prefix}: {reason}")
+
+
+def _final_line(result: dict[str, Any], site_id: str) -> str:
+    image = result.get("dest_image_id", "?")
+    if result.get("already_present"):
+        return f"Image already present on {site_id} as {image}"
+    return f"Migration finished: image {image} on {site_id} verified"

@@ -1,0 +1,155 @@
+"""The pipeline runner: steps in order over a shared Context, with cleanups on every exit path."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from .commands import Commands
+from .config import Config
+from .sites import Site
+from .status import JobInfo, Meta, ProgressThrottle, StatusSink
+
+log = logging.getLogger("migratio.pipeline")
+
+
+@dataclass
+class SourceImage:
+    """What `locate` learned about the image on this (the source) site."""
+
+    id: str
+    name: str
+    disk_format: str
+    container_format: str
+    size: int
+    checksum: str | None = None
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+    min_disk: int = 0
+    min_ram: int = 0
+    path: Path | None = None  # the file to read: the Glance store file or a download in the job dir
+    virtual_size: int | None = None  # filled by `inspect`
+
+
+@dataclass
+class Context:
+    job: JobInfo
+    config: Config
+    site: Site
+    services: Any  # migratio.services.Services
+    workdir: Path
+    meta: Meta
+    status: StatusSink
+    clock: Callable[[], float] = time.monotonic
+    image: SourceImage | None = None
+    payload: Path | None = None  # the file that is sent (the source file, or its conversion)
+    payload_format: str | None = None
+    payload_hash: dict[str, str] = field(default_factory=dict)  # algo -> hex digest of payload
+    result: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False  # set when nothing is left to do (e.g. already present)
+    step: str = "-"
+    steps_done: list[str] = field(default_factory=list)
+    _on_exit: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    _on_failure: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    _throttle: ProgressThrottle | None = None
+
+    @property
+    def log(self) -> logging.LoggerAdapter:
+        return JobLog(log, {"job_id": self.job.job_id, "step": self.step})
+
+    @property
+    def commands(self) -> Commands:
+        return Commands(self.log)
+
+    def say(self, text: str) -> None:
+        """A status line for Atmosphere and the log."""
+        self.status.emit(self.job, text)
+
+    def progress(self, done: int, total: int | None, rate: float | None = None) -> None:
+        """Record bytes done in the job meta; a throttled status line goes out too."""
+        self.meta.update(bytes_done=done, bytes_total=total, rate=rate, progress_at=time.time())
+        if self._throttle is None:
+            self._throttle = ProgressThrottle(self.clock)
+        if total and self._throttle.due(done, total):
+            self.say(f"{self.step}: {100 * done // total}% ({_size(done)} of {_size(total)})")
+
+    def on_exit(self, what: str, action: Callable[[], None]) -> None:
+        """Run `action` when the job ends, however it ends (temp files, staged copies)."""
+        self._on_exit.append((what, action))
+
+    def on_failure(self, what: str, action: Callable[[], None]) -> None:
+        """Run `action` only if the job fails (a half-made destination image)."""
+        self._on_failure.append((what, action))
+
+    def forget_failure_action(self, what: str) -> None:
+        self._on_failure = [(w, a) for w, a in self._on_failure if w != what]
+
+    def run_cleanups(self, failed: bool) -> None:
+        actions = (self._on_failure[::-1] if failed else []) + self._on_exit[::-1]
+        self._on_failure, self._on_exit = [], []
+        for what, action in actions:
+            try:
+                action()
+                self.log.info("cleanup: %s", what)
+            except Exception as exc:
+                self.log.warning("cleanup failed: %s: %s", what, exc)
+
+
+class Step:
+    """A pipeline step. `run` returns the status line to send when it is done (or None)."""
+
+    name: ClassVar[str]
+    always: ClassVar[bool] = False  # runs even when an earlier step finished the job early
+
+    def run(self, ctx: Context) -> str | None:
+        raise NotImplementedError
+
+
+class JobLog(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        return f"job={self.extra['job_id']} step={self.extra['step']} {msg}", kwargs
+
+
+def run_pipeline(ctx: Context, steps: list[Step]) -> dict[str, Any]:
+    names = [s.name for s in steps]
+    ctx.meta.update(state="running", steps=names, steps_done=[], step=None, error=None)
+    ctx.say("Migration started")
+    failed = True
+    try:
+        for step in steps:
+            if ctx.finished and not step.always:
+                continue
+            _run_step(ctx, step)
+        failed = False
+    finally:
+        ctx.step = "cleanup"
+        ctx.run_cleanups(failed)
+    return ctx.result
+
+
+def _run_step(ctx: Context, step: Step) -> None:
+    ctx.step = step.name
+    ctx._throttle = None
+    ctx.meta.update(step=step.name, bytes_done=None, bytes_total=None, rate=None)
+    ctx.log.info("started")
+    start = ctx.clock()
+    try:
+        line = step.run(ctx)
+    except Exception as exc:
+        ctx.log.error("failed after %.1fs: %s", ctx.clock() - start, exc)
+        raise
+    ctx.log.info("done in %.1fs", ctx.clock() - start)
+    ctx.steps_done.append(step.name)
+    ctx.meta.update(steps_done=list(ctx.steps_done))
+    if line:
+        ctx.say(line)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

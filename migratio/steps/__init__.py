@@ -1,0 +1,37 @@
+"""The step registry: each site type's steps by name, and its default pipeline."""
+
+from ..errors import ConfigError
+from ..pipeline import Step
+from ..sites import Site
+from . import aws, common, openstack
+
+REGISTRY: dict[str, dict[str, type[Step]]] = {
+    "openstack": {
+        s.name: s
+        for s in (common.Locate, openstack.Dedupe, common.Inspect, common.Convert, openstack.Transfer,
+                  openstack.Register, openstack.Verify, openstack.BootCheck, common.Cleanup)
+    },
+    "aws": {
+        s.name: s
+        for s in (common.Locate, aws.Dedupe, common.Inspect, common.Convert, aws.Import, aws.Tag,
+                  common.Cleanup)
+    },
+}
+
+DEFAULT_PIPELINES: dict[str, list[str]] = {
+    "openstack": ["locate", "dedupe", "inspect", "convert", "transfer", "register", "verify", "cleanup"],
+    "aws": ["locate", "dedupe", "inspect", "convert", "import", "tag", "cleanup"],
+}
+
+
+def build_steps(site: Site) -> list[Step]:
+    """The site's pipeline as step objects; an unknown name is a ConfigError listing valid ones."""
+    names = site.pipeline or DEFAULT_PIPELINES[site.type]
+    known = REGISTRY[site.type]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"{site.path}: unknown step '{unknown[0]}' in pipeline for type {site.type} "
+            f"(valid steps: {', '.join(known)})"
+        )
+    return [known[n]() for n in names]
