@@ -4,17 +4,23 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
 
 import click
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
 
 from . import ids, jobs, sites
 from .config import Config, config_path, load_config
-from .errors import MigratioError
-from .logs import setup_logging
+from .errors import ConfigError, InvalidInput, MigratioError
+from .logs import job_log_path, setup_logging
 from .queue import enqueue_migration, migration_queue
 from .redact import Redactor
+
+EX_CONFIG = 78  # sysexits.h; the systemd unit does not restart a worker that exits with it
+ENDED = ("finished", "failed", "canceled", "stopped")
+BAR_WIDTH = 24
 
 
 class Cli(click.Group):
@@ -35,11 +41,13 @@ class State:
         self.config_option, self.debug = config_option, debug
         self.redact = Redactor.from_environ(os.environ)
 
-    def config(self, name: str | None = None) -> Config:
-        config = load_config(config_path(self.config_option, os.environ))
-        if name:
-            from dataclasses import replace
+    @property
+    def config_file(self):
+        return config_path(self.config_option, os.environ)
 
+    def config(self, name: str | None = None) -> Config:
+        config = load_config(self.config_file)
+        if name:
             config = replace(config, name=ids.site_id(name))
         return config
 
@@ -65,12 +73,22 @@ def main(ctx: click.Context, config_option: str | None, debug: bool) -> None:
 @click.option("--name", metavar="SITE", help="Override config `name` (consume migration_SITE).")
 @click.pass_obj
 def worker(state: State, burst: bool, name: str | None) -> None:
-    """Run a worker on this site's migration queue."""
+    """Run a worker on this site's migration queue.
+
+    Exit codes: 0 after a warm shutdown (SIGTERM: the running job ends first), 78 on a
+    configuration error (systemd does not restart it), 1 on other errors (e.g. Redis down).
+    """
     from .worker import build_app, run_worker
 
-    config = state.config(name)
+    try:
+        config = state.config(name)
+    except (ConfigError, InvalidInput) as exc:
+        if state.debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EX_CONFIG)
     setup_logging(config.log_dir, "DEBUG" if state.debug else config.log_level, state.redact)
-    app = build_app(config, state.redis(config))
+    app = build_app(config, state.redis(config), redact=state.redact)
     run_worker(app, burst=burst)
 
 
@@ -83,8 +101,8 @@ def migrate(state: State, image_uuid: str, dest_site: str, wait: bool) -> None:
     """Enqueue the migration of IMAGE_UUID to DEST_SITE."""
     config = state.config()
     image_id = ids.image_id(image_uuid)
-    sites.load_site(config.sites_dir, dest_site)  # an unknown or broken site fails here, not later
-    job = enqueue_migration(migration_queue(config, state.redis(config)), config, image_id, dest_site)
+    site = sites.load_site(config.sites_dir, dest_site)  # an unknown or broken site fails here, not later
+    job = enqueue_migration(migration_queue(config, state.redis(config)), config, image_id, dest_site, site=site)
     click.echo(f"enqueued job {job.id}: migrate {image_id} to {dest_site}")
     if wait:
         sys.exit(_wait(job))
@@ -93,19 +111,60 @@ def migrate(state: State, image_uuid: str, dest_site: str, wait: bool) -> None:
 @main.command()
 @click.argument("job_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Refresh until interrupted (Ctrl-C).")
+@click.option("--interval", default=2.0, show_default=True, metavar="SECONDS", help="Refresh period of --watch.")
+@click.option("--rounds", type=int, default=None, hidden=True, help="Stop --watch after N refreshes.")
 @click.pass_obj
-def status(state: State, job_id: str | None, as_json: bool) -> None:
-    """List this site's jobs (or show one)."""
+def status(state: State, job_id: str | None, as_json: bool, watch: bool, interval: float,
+           rounds: int | None) -> None:
+    """List this site's jobs (or show one): running ones with step, progress, rate and ETA."""
     config = state.config()
     queue = migration_queue(config, state.redis(config))
-    views = [jobs.get_view(queue, job_id)] if job_id else jobs.list_views(queue)
-    if as_json:
-        click.echo(json.dumps([asdict(v) for v in views], default=str, indent=2))
+    tty = sys.stdout.isatty() and not as_json
+    done = 0
+    try:
+        while True:
+            views = [jobs.get_view(queue, job_id)] if job_id else jobs.list_views(queue)
+            if watch and tty:
+                click.clear()
+            if as_json:
+                click.echo(json.dumps([_as_dict(v, config.log_dir) for v in views], default=str, indent=2))
+            else:
+                _print_views(views, queue.name, tty, config.log_dir, detail=bool(job_id))
+            done += 1
+            if not watch or (rounds is not None and done >= rounds):
+                return
+            if not tty and not as_json:
+                click.echo("")
+            time.sleep(interval)
+    except KeyboardInterrupt:  # the way out of --watch
         return
-    if not views:
-        click.echo(f"no jobs on {queue.name}")
-    for v in views:
-        click.echo(_line(v))
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_obj
+def retry(state: State, job_id: str) -> None:
+    """Requeue a failed job (after fixing what made it fail)."""
+    config = state.config()
+    redis = state.redis(config)
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except (NoSuchJobError, ValueError):
+        raise InvalidInput(f"no job {job_id!r} (failed jobs are kept only for failure_ttl)") from None
+    current = jobs.status_name(job.get_status())
+    if current != "failed":
+        raise InvalidInput(f"job {job_id} is {current}, not failed: only failed jobs can be retried")
+    job.meta.update(state="queued", error=None, step=None, bytes_done=None, bytes_total=None, rate=None,
+                    retried_by_operator=_now())
+    job.retries_left = config.retries or None  # a fresh round of automatic retries
+    try:
+        job = job.requeue()
+    except InvalidJobOperation:
+        raise InvalidInput(f"job {job_id} is not in the failed registry of {job.origin}") from None
+    limited = jobs.status_name(job.get_status()) == "rate_limited"
+    waiting = " (waiting for a slot: the site's max_concurrent is reached)" if limited else ""
+    click.echo(f"requeued job {job.id}: {job.description}{waiting}")
 
 
 @main.command(name="sites")
@@ -127,16 +186,111 @@ def sites_command(state: State) -> None:
     sys.exit(1 if bad else 0)
 
 
-def _line(v: jobs.JobView) -> str:
-    text = f"{v.id}  {v.state:<9} {v.image_id} -> {v.dest}"
-    if v.state == "started" and v.step:
-        pct = f" {v.percent}%" if v.percent is not None else ""
-        text += f"  step={v.step}{pct}"
+@main.command()
+@click.argument("site_ids", nargs=-1, metavar="[SITE...]")
+@click.option("--min-free", default="10G", show_default=True, metavar="SIZE",
+              help="Free space the staging dir of an OpenStack destination needs (e.g. 500M, 20G).")
+@click.pass_obj
+def check(state: State, site_ids: tuple[str, ...], min_free: str) -> None:
+    """Preflight: is this site and each destination (default: all) set up to migrate?"""
+    from . import check as checks
+
+    results = checks.run_all(checks.Inputs(config_file=state.config_file, environ=dict(os.environ),
+                                           site_ids=list(site_ids), min_free=checks.parse_size(min_free),
+                                           redact=state.redact))
+    for result in results:
+        click.echo(result.line())
+    counts = {status: sum(1 for r in results if r.status == status) for status in ("PASS", "FAIL", "SKIP")}
+    failed = counts["FAIL"]
+    click.echo(f"{counts['PASS']} passed, {failed} failed" + (f", {counts['SKIP']} not checked" if counts["SKIP"] else ""))
+    sys.exit(1 if failed else 0)
+
+
+# -- rendering
+
+def _as_dict(v: jobs.JobView, log_dir) -> dict:
+    log = _job_log(log_dir, v.id)
+    return {**asdict(v), "percent": v.percent, "eta": v.eta, "log": str(log) if log else None}
+
+
+def _print_views(views: list[jobs.JobView], queue_name: str, tty: bool, log_dir, detail: bool = False) -> None:
+    """One line per job; a failed job (or the one asked for) also gets its retry hint and log file."""
+    if not views:
+        click.echo(f"no jobs on {queue_name}")
+    for v in views:
+        click.echo(_line(v, tty, elapsed=True))
+        if v.state == "failed":
+            click.echo(f"    retry: migratio retry {v.id}")
+        log = _job_log(log_dir, v.id) if v.state == "failed" or detail else None
+        if log:
+            click.echo(f"    log: {log}")
+
+
+def _job_log(log_dir, job_id: str):
+    """log/jobs/<job_id>.log (the commands it ran, their exit codes and stderr), if this host has it."""
+    try:
+        path = job_log_path(log_dir, job_id)
+    except MigratioError:
+        return None
+    return path if path.is_file() else None
+
+
+def _line(v: jobs.JobView, tty: bool = False, elapsed: bool = False) -> str:
+    text = f"{v.id}  {v.state:<12} {v.image_id} -> {v.dest}"
+    if v.state == "started":
+        text += "  " + _progress(v, tty, elapsed)
+    elif v.state == "rate_limited":
+        text += "  waiting: max_concurrent jobs to this site are already running"
     if v.error and v.state in ("failed", "scheduled"):
         text += f"  reason: {v.error}"
+        if v.state == "scheduled":
+            text += " (will retry)"
     if v.result:
         text += f"  result: {v.result.get('dest_image_id')}"
     return text
+
+
+def _progress(v: jobs.JobView, tty: bool, elapsed: bool) -> str:
+    parts = [f"step={v.step or '-'}"]
+    if v.percent is not None:
+        parts.append(_bar(v.percent) if tty else f"{v.percent}%")
+    if v.bytes_done is not None:
+        parts.append(_size(v.bytes_done) + (f"/{_size(v.bytes_total)}" if v.bytes_total else ""))
+    if v.rate:
+        parts.append(f"{_size(v.rate)}/s")
+    if v.eta is not None:
+        parts.append(f"ETA {_duration(v.eta)}")
+    if elapsed and v.started_at:
+        parts.append(f"running {_duration(_elapsed(v.started_at))}")
+    return " ".join(parts)
+
+
+def _bar(percent: int) -> str:
+    filled = BAR_WIDTH * percent // 100
+    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {percent:3d}%"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _elapsed(since: datetime) -> float:
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    return max(0.0, (datetime.now(timezone.utc) - since).total_seconds())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _wait(job) -> int:
@@ -148,7 +302,7 @@ def _wait(job) -> int:
         if line != last:
             click.echo(line)
             last = line
-        if v.state in ("finished", "failed", "canceled", "stopped"):
+        if v.state in ENDED:
             return 0 if v.state == "finished" else 1
         time.sleep(1)
 

@@ -72,6 +72,8 @@ class Commands:
         result = Result(tuple(args), proc.returncode, stdout, self.redact(tail), duration)
         if check and proc.returncode != 0:
             self._fail(result, label, retryable_codes)
+        if result.stderr_tail.strip():  # warnings of a command that succeeded: kept for diagnosis
+            self.log.info("%s stderr tail:\n%s", label, result.stderr_tail)
         return result
 
     def _communicate(self, proc, timeout, on_output, label) -> tuple[str, str]:

@@ -5,6 +5,7 @@ from typing import Any
 from rq import get_current_job
 
 from .errors import MigratioError
+from .logs import job_log
 from .migration import App, run_migration
 from .status import RqMeta
 
@@ -20,11 +21,12 @@ def migrate(image_uuid: str, destination_site: str) -> dict[str, Any]:
     """Migrate one image from this site to `destination_site` (what `migratio migrate` enqueues)."""
     if not _bound:
         raise RuntimeError("migratio.job.migrate runs only inside `migratio worker`")
-    job = get_current_job()
-    try:
-        return run_migration(_bound[0], job.id, image_uuid, destination_site, RqMeta(job),
-                             retries_left=job.retries_left or 0)
-    except MigratioError as exc:
-        if not exc.retryable:
-            job.retries_left = 0  # permanent: RQ must not retry it
-        raise
+    app, job = _bound[0], get_current_job()
+    with job_log(app.config.log_dir, job.id, app.redact):  # log/jobs/<job_id>.log
+        try:
+            return run_migration(app, job.id, image_uuid, destination_site, RqMeta(job),
+                                 retries_left=job.retries_left or 0)
+        except MigratioError as exc:
+            if not exc.retryable:
+                job.retries_left = 0  # permanent: RQ must not retry it
+            raise

@@ -12,10 +12,12 @@ from .config import Config
 from .errors import MigratioError
 from .locks import MigrationLock
 from .pipeline import Context, run_pipeline
+from .redact import Redactor
 from .services import Services
 from .sites import load_site
 from .status import JobInfo, Meta, StatusSink
 from .steps import build_steps
+from .workdirs import job_dir
 
 log = logging.getLogger("migratio.migration")
 
@@ -29,6 +31,7 @@ class App:
     services: Services
     status: StatusSink
     steps_for: Callable[[Any], list] = field(default=build_steps)  # Site -> steps (tests pass their own)
+    redact: Callable[[str], str] = field(default_factory=Redactor)  # for the per-job log file
 
 
 def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta,
@@ -55,7 +58,7 @@ def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta
 
 
 def _run(app: App, info: JobInfo, site, steps, meta: Meta) -> dict[str, Any]:
-    workdir = app.config.work_dir / ids.site_id(info.job_id)
+    workdir = job_dir(app.config.work_dir, info.job_id)
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(job=info, config=app.config, site=site, services=app.services, workdir=workdir,
                   meta=meta, status=app.status)

@@ -48,6 +48,7 @@ class OpenStackSite:
 class AwsSite:
     region: str
     endpoint_url: str | None = None
+    profile: str | None = None  # a named profile of the shared AWS config; None: the default chain
     bucket: str | None = None
     import_mode: Literal["ebs-direct", "vm-import"] = field(
         default="ebs-direct", metadata={"key": "import"}

@@ -13,7 +13,7 @@ REGISTRY: dict[str, dict[str, type[Step]]] = {
     },
     "aws": {
         s.name: s
-        for s in (common.Locate, aws.Dedupe, common.Inspect, common.Convert, aws.Import, aws.Tag,
+        for s in (common.Locate, aws.Dedupe, common.Inspect, aws.Convert, aws.Import, aws.Tag,
                   common.Cleanup)
     },
 }

@@ -1,0 +1,159 @@
+"""The destination's `glance` CLI run on its head node, and parsing of its tables.
+
+Image names and property values are data: they may hold '|', quotes or newlines, so the
+tables are read by position (id first, status from the right) and continuation rows
+(multi-line cells) never count as records.
+"""
+
+import shlex
+from typing import Any, Mapping, Sequence
+
+from . import ids
+from .errors import CommandFailed, ImageNotFound, InvalidInput, PermanentError
+from .remote import RemoteShell
+
+SHOW_WIDTH = "100000"  # --max-column-width: hashes must not wrap
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Cells of every `| a | b |` row of a prettytable (border lines dropped, header kept)."""
+    rows = []
+    for line in text.splitlines():
+        line = line.rstrip()
+        if line.startswith("|") and line.endswith("|") and len(line) > 1:
+            rows.append([cell.strip() for cell in line[1:-1].split("|")])
+    return rows
+
+
+def parse_list(text: str) -> list[dict[str, str]]:
+    """`glance --verbose image-list` -> [{"id", "status"}]; rows without a UUID first are skipped."""
+    rows = table_rows(text)
+    if not rows:
+        return []
+    header = rows[0]
+    from_right = len(header) - header.index("Status") if "Status" in header else None
+    images = []
+    for cells in rows[1:]:
+        if not _is_uuid(cells[0]):
+            continue
+        image = {"id": cells[0].lower()}
+        if from_right is not None and len(cells) >= len(header):
+            image["status"] = cells[-from_right]
+        images.append(image)
+    return images
+
+
+def parse_show(text: str) -> dict[str, str]:
+    """`glance image-show` / `image-create` Property|Value table -> dict (multi-line values joined).
+
+    The value is everything right of the first '|', so values containing '|' stay whole.
+    """
+    record: dict[str, str] = {}
+    last = None
+    for line in text.splitlines():
+        line = line.rstrip()
+        if not (line.startswith("|") and line.endswith("|") and "|" in line[1:-1]):
+            continue
+        key, value = (part.strip() for part in line[1:-1].split("|", 1))
+        if key == "Property" and value == "Value" and last is None:
+            continue
+        if key:
+            record[key], last = value, key
+        elif last is not None:
+            record[last] += "\n" + value
+    return record
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        ids.image_id(text)
+    except InvalidInput:
+        return False
+    return True
+
+
+class RemoteGlance:
+    """The destination Glance through its head node's CLI (`. remote_env_file && glance ...`).
+
+    Same small surface as migratio.glance.Glance: find, show, delete (+ create_from_file).
+    """
+
+    def __init__(self, shell: RemoteShell, site, site_id: str):
+        self.shell, self.options, self.site = shell, site, site_id
+        self.glance = shlex.split(site.glance_command)
+
+    def _run(self, args: Sequence[str], timeout: float | None = 600) -> tuple[int, str, str]:
+        return self.shell.run([*self.glance, *args], env_file=self.options.remote_env_file, timeout=timeout)
+
+    def _check(self, args: Sequence[str], what: str, timeout: float | None = 600) -> str:
+        code, out, err = self._run(args, timeout)
+        if code != 0:
+            self._fail(what, code, err)
+        return out
+
+    def find(self, filters: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Images with these properties: one list command, then image-show of each hit."""
+        args = ["--verbose", "image-list"]
+        for key, value in filters.items():
+            args.append(f"--property-filter={key}={value}")
+        hits = parse_list(self._check(args, "image-list"))
+        found = []
+        for hit in hits:
+            try:
+                found.append(self.show(hit["id"]))
+            except ImageNotFound:
+                continue  # deleted meanwhile
+        return found
+
+    def show(self, image_id: str) -> dict[str, Any]:
+        image_id = ids.image_id(image_id)
+        code, out, err = self._run(["image-show", f"--max-column-width={SHOW_WIDTH}", image_id])
+        if code != 0:
+            if "No image with" in err or "404" in err or "not found" in err.lower():
+                raise ImageNotFound(f"image {image_id} not found on {self.site}")
+            self._fail("image-show", code, err)
+        record = parse_show(out)
+        if record.get("id", "").lower() != image_id:
+            raise PermanentError(f"remote glance image-show {image_id} on {self.site}: unexpected output")
+        return record
+
+    def delete(self, image_id: str) -> bool:
+        image_id = ids.image_id(image_id)
+        code, _, err = self._run(["image-delete", image_id])
+        if code != 0:
+            if "No image with" in err or "404" in err or "not found" in err.lower():
+                return False
+            self._fail("image-delete", code, err)
+        return True
+
+    def create_from_file(self, name: str, disk_format: str, container_format: str,
+                         properties: Mapping[str, str], path: str, min_disk: int = 0,
+                         min_ram: int = 0, created: list[str] | None = None) -> str:
+        """`glance image-create ... --file PATH`; returns the new image id.
+
+        `created` gets the id as soon as the CLI printed it, even when the upload then failed.
+        """
+        args = ["image-create", f"--name={name}", f"--disk-format={disk_format}",
+                f"--container-format={container_format}"]
+        if min_disk:
+            args.append(f"--min-disk={int(min_disk)}")
+        if min_ram:
+            args.append(f"--min-ram={int(min_ram)}")
+        args += [f"--property={key}={value}" for key, value in properties.items()]
+        args.append(f"--file={path}")
+        code, out, err = self._run(args, timeout=None)
+        image_id = parse_show(out).get("id", "")
+        if _is_uuid(image_id) and created is not None:
+            created.append(image_id.lower())
+        if code != 0:
+            self._fail("image-create", code, err)
+        if not _is_uuid(image_id):
+            raise PermanentError(f"remote glance image-create on {self.site}: no image id in its output")
+        return image_id.lower()
+
+    def _fail(self, what: str, code: int, err: str) -> None:
+        last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
+        transient = code == 255 or any(m in err for m in ("HTTP 50", "Unable to establish", "timed out",
+                                                          "Service Unavailable", "Connection refused"))
+        raise CommandFailed(f"remote glance {what} on {self.site} ({self.shell.where}) failed (exit {code})"
+                            + (f": {last}" if last else ""), retryable=transient, stderr_tail=err[-4000:])

@@ -1,0 +1,37 @@
+"""Per-job temp directories under work_dir, and removal of those a crashed worker left behind."""
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from . import ids
+from .errors import InvalidInput
+
+log = logging.getLogger("migratio.workdirs")
+
+
+def job_dir(work_dir: Path, job_id: str) -> Path:
+    return work_dir / ids.site_id(job_id)
+
+
+def remove_stale(work_dir: Path, running: Iterable[str]) -> list[Path]:
+    """Remove job dirs whose job is not running (work_dir belongs to one site's workers)."""
+    if not work_dir.is_dir():
+        return []
+    keep = set(running)
+    removed = []
+    for path in sorted(work_dir.iterdir()):
+        if path.is_dir() and path.name not in keep and _is_job_dir(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("removed stale temp dir %s (its job is no longer running)", path)
+            removed.append(path)
+    return removed
+
+
+def _is_job_dir(name: str) -> bool:
+    try:
+        ids.site_id(name)
+    except InvalidInput:
+        return False
+    return True

@@ -1,0 +1,139 @@
+"""Parsing the glance CLI's tables (printed by glanceclient's own printers) and the argv we send."""
+
+import contextlib
+import io
+import shlex
+import uuid
+
+import pytest
+from glanceclient.common import utils as gutils
+
+from migratio import glance_cli
+from migratio.errors import CommandFailed, ImageNotFound
+from migratio.glance_cli import RemoteGlance
+from migratio.remote import command_line
+from migratio.sites import OpenStackSite
+
+HOSTILE = 'ubuntu "; rm -rf / | $(touch /tmp/x)\n| 11111111-2222-3333-4444-555555555555 | x | active |'
+
+
+class Obj:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def printed(fn, *args, **kw) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        fn(*args, **kw)
+    return out.getvalue()
+
+
+def image(**kw):
+    base = {"id": str(uuid.uuid4()), "name": "centos", "status": "active", "size": 4521984,
+            "checksum": "a" * 32, "os_hash_algo": "sha512", "os_hash_value": "b" * 128,
+            "disk_format": "qcow2", "container_format": "bare", "owner": "p1",
+            "source_uuid": str(uuid.uuid4()), "source_cs": "site-a"}
+    return {**base, **kw}
+
+
+def test_list_table_with_hostile_names_yields_only_real_rows():
+    images = [image(name=HOSTILE, status="queued"), image(name="a | b", status="active")]
+    text = printed(gutils.print_list, [Obj(**i) for i in images],
+                   ["ID", "Name", "Disk_format", "Container_format", "Size", "Status", "Owner"])
+    assert glance_cli.parse_list(text) == [{"id": images[0]["id"], "status": "queued"},
+                                           {"id": images[1]["id"], "status": "active"}]
+
+
+def test_empty_list_table():
+    text = printed(gutils.print_list, [], ["ID", "Name", "Disk_format", "Container_format", "Size",
+                                           "Status", "Owner"])
+    assert glance_cli.parse_list(text) == []
+
+
+def test_show_table_keeps_values_verbatim_and_long_hashes_whole():
+    img = image(name=HOSTILE, note="x | y")
+    record = glance_cli.parse_show(printed(gutils.print_dict, img, max_column_width=100000))
+    assert record["name"] == HOSTILE
+    assert record["note"] == "x | y"
+    assert record["os_hash_value"] == "b" * 128
+    assert record["id"] == img["id"] and record["status"] == "active"
+
+
+class FakeShell:
+    """Records the argv it is asked to run; answers from a queue."""
+
+    where = "head:22"
+
+    def __init__(self, *answers):
+        self.answers, self.calls = list(answers), []
+
+    def run(self, argv, env_file=None, timeout=None):
+        self.calls.append((list(argv), env_file))
+        return self.answers.pop(0)
+
+
+def site(**kw):
+    return OpenStackSite(host="head", user="u", remote_env_file="/etc/glance env.sh", **kw)
+
+
+def test_create_sends_each_value_as_one_quoted_argument():
+    new = image(name=HOSTILE)
+    shell = FakeShell((0, printed(gutils.print_dict, new), ""))
+    created = []
+    image_id = RemoteGlance(shell, site(), "site-b").create_from_file(
+        name=HOSTILE, disk_format="raw", container_format="bare",
+        properties={"source_uuid": new["source_uuid"], "note": "--file=/etc/shadow"},
+        path="/staging/x.raw", min_disk=10, created=created)
+    assert image_id == new["id"] and created == [new["id"]]
+    argv, env_file = shell.calls[0]
+    assert argv == ["glance", "image-create", f"--name={HOSTILE}", "--disk-format=raw",
+                    "--container-format=bare", "--min-disk=10",
+                    f"--property=source_uuid={new['source_uuid']}", "--property=note=--file=/etc/shadow",
+                    "--file=/staging/x.raw"]
+    line = command_line(argv, env_file)
+    assert line.startswith(". '/etc/glance env.sh' && glance image-create ")
+    assert shlex.split(line)[3:] == argv  # the remote shell sees exactly these arguments
+
+
+def test_failed_create_still_reports_the_id_for_cleanup():
+    half = image(status="queued")
+    shell = FakeShell((1, printed(gutils.print_dict, half), "HTTP 503 Service Unavailable"))
+    created = []
+    with pytest.raises(CommandFailed, match="remote glance image-create on site-b .* failed") as info:
+        RemoteGlance(shell, site(), "site-b").create_from_file(
+            name="n", disk_format="qcow2", container_format="bare", properties={}, path="/s/x", created=created)
+    assert created == [half["id"]]
+    assert info.value.retryable
+
+
+def test_find_lists_once_then_shows_each_hit():
+    hit = image()
+    listing = printed(gutils.print_list, [Obj(**hit)],
+                      ["ID", "Name", "Disk_format", "Container_format", "Size", "Status", "Owner"])
+    shell = FakeShell((0, listing, ""), (0, printed(gutils.print_dict, hit, max_column_width=100000), ""))
+    found = RemoteGlance(shell, site(glance_command="/opt/glance/bin/glance --insecure"), "site-b").find(
+        {"source_uuid": hit["source_uuid"], "source_cs": "site-a"})
+    assert [f["id"] for f in found] == [hit["id"]]
+    assert shell.calls[0][0] == ["/opt/glance/bin/glance", "--insecure", "--verbose", "image-list",
+                                 f"--property-filter=source_uuid={hit['source_uuid']}",
+                                 "--property-filter=source_cs=site-a"]
+    assert shell.calls[1][0][-1] == hit["id"]
+
+
+def test_show_of_a_missing_image_and_bad_ids():
+    shell = FakeShell((1, "", "No image with an ID of 'x' exists."))
+    missing = str(uuid.uuid4())
+    with pytest.raises(ImageNotFound, match=f"image {missing} not found on site-b"):
+        RemoteGlance(shell, site(), "site-b").show(missing)
+    with pytest.raises(Exception, match="invalid image id"):
+        RemoteGlance(FakeShell(), site(), "site-b").delete("$(reboot)")
+
+
+def test_other_failures_are_permanent_with_the_last_stderr_line():
+    shell = FakeShell((2, "", "sh: 1: .: cannot open /etc/glance env.sh: No such file\n"))
+    with pytest.raises(CommandFailed) as info:
+        RemoteGlance(shell, site(), "site-b").find({"source_uuid": "x"})
+    assert not info.value.retryable
+    assert str(info.value).endswith("failed (exit 2): sh: 1: .: cannot open /etc/glance env.sh: No such file")
+

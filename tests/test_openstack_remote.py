@@ -1,0 +1,132 @@
+"""RemoteShell (paramiko) and rsync against the lab's real head-node sshd."""
+
+import logging
+import socket
+import subprocess
+
+import pytest
+
+from migratio import transfer
+from migratio.commands import Commands
+from migratio.errors import AuthError, HostKeyError, TransientError
+from migratio.remote import RemoteShell
+from tests.http_double import free_port
+from tests.openstack_lab import head_site
+
+pytestmark = pytest.mark.lab
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def shell(lab):
+    sh = RemoteShell.connect(head_site(lab))
+    yield sh
+    sh.close()
+
+
+def other_known_hosts(tmp_path, lab, line_for_host: bool):
+    """A known_hosts that has either nothing for the head node or another key for it."""
+    key = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    path = tmp_path / "known_hosts"
+    head = lab.head_node
+    host = f"[{head.host}]:{head.port}" if line_for_host else "[elsewhere.example]:22"
+    path.write_text(f"{host} {(key.with_suffix('.pub')).read_text().split()[0]} "
+                    f"{(key.with_suffix('.pub')).read_text().split()[1]}\n")
+    return path
+
+
+def test_arguments_reach_the_remote_command_verbatim(shell, tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = [f"$(touch {marker})", "`id`", "a b", "'quoted'", '"; rm -rf / #', "x\ny", ""]
+    code, out, err = shell.run(["printf", "%s|", *hostile])
+    assert (code, err) == (0, "")
+    assert out == "|".join(hostile) + "|"
+    assert not marker.exists()
+
+
+def test_env_file_is_sourced_first(shell, lab):
+    code, out, _ = shell.run(["sh", "-c", 'echo "$OS_IMAGE_URL"; command -v glance'],
+                             env_file=str(lab.head_node.env_file))
+    assert code == 0
+    url, glance = out.split()
+    assert url == lab.site_b.glance_url and glance.endswith("/glance")
+
+
+def test_exit_code_and_both_streams_even_when_large(shell):
+    script = "head -c 3000000 /dev/zero | tr '\\0' a; head -c 3000000 /dev/zero | tr '\\0' b >&2; exit 3"
+    code, out, err = shell.run(["sh", "-c", script])
+    assert code == 3
+    assert (len(out), set(out), len(err), set(err)) == (3000000, {"a"}, 3000000, {"b"})
+
+
+def test_unknown_host_key_is_refused(lab, tmp_path):
+    known_hosts = other_known_hosts(tmp_path, lab, line_for_host=False)
+    with pytest.raises(HostKeyError) as info:
+        RemoteShell.connect(head_site(lab, known_hosts=str(known_hosts)))
+    head = lab.head_node
+    assert f"host key of {head.host}:{head.port} is not in known_hosts file {known_hosts}" in str(info.value)
+    assert not info.value.retryable
+
+
+def test_changed_host_key_is_refused(lab, tmp_path):
+    known_hosts = other_known_hosts(tmp_path, lab, line_for_host=True)
+    with pytest.raises(HostKeyError, match=f"does not match known_hosts file {known_hosts}"):
+        RemoteShell.connect(head_site(lab, known_hosts=str(known_hosts)))
+
+
+def test_missing_known_hosts_file(lab, tmp_path):
+    with pytest.raises(HostKeyError, match=f"known_hosts file {tmp_path / 'nope'} not found"):
+        RemoteShell.connect(head_site(lab, known_hosts=str(tmp_path / "nope")))
+
+
+def test_wrong_client_key_is_an_auth_error(lab, tmp_path):
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    with pytest.raises(AuthError, match=f"authentication failed with key {key}"):
+        RemoteShell.connect(head_site(lab, key_file=str(key)))
+
+
+def test_refused_and_silent_ports_are_transient(lab):
+    with pytest.raises(TransientError, match="connection refused"):
+        RemoteShell.connect(head_site(lab, port=free_port()))
+    with socket.socket() as silent:  # accepts connections, never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        with pytest.raises(TransientError) as info:
+            RemoteShell.connect(head_site(lab, port=silent.getsockname()[1], connect_timeout=2))
+        assert info.value.retryable
+
+
+def test_rsync_to_the_head_node_keeps_holes_and_reports_progress(lab, shell, tmp_path):
+    src = tmp_path / "sparse.raw"
+    with open(src, "wb") as f:
+        f.truncate(32 * MiB)
+        f.seek(7 * MiB)
+        f.write(b"\x5a" * (2 * MiB))
+    site = head_site(lab)
+    dest = f"{site.staging_dir}/test-rsync-{tmp_path.name}.raw"
+    reports = []
+    try:
+        Commands(logging.getLogger("test")).run(
+            transfer.rsync_argv(src, dest, site, bandwidth_limit=100000),
+            on_output=transfer.progress_callback(32 * MiB, lambda d, t, r: reports.append(d)))
+        code, out, _ = shell.run(["stat", "-c", "%s %b %B", dest])
+        size, blocks, block_size = map(int, out.split())
+        assert size == 32 * MiB and blocks * block_size < 8 * MiB
+        assert reports[-1] == 32 * MiB
+        code, out, _ = shell.run(["cmp", dest, str(src)])  # lab: same machine, so cmp can see both
+        assert code == 0
+    finally:
+        shell.run(["rm", "-f", "--", dest])
+
+
+def test_rsync_with_a_wrong_known_hosts_is_a_host_key_error(lab, tmp_path):
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    site = head_site(lab, known_hosts=str(other_known_hosts(tmp_path, lab, line_for_host=True)))
+    result = Commands(logging.getLogger("test")).run(
+        transfer.rsync_argv(src, f"{site.staging_dir}/never", site), check=False)
+    assert result.returncode in (12, 255)  # 12 alone would look like a lost link: stderr decides
+    error = transfer.failure(result.returncode, result.stderr_tail, site)
+    assert isinstance(error, HostKeyError) and "does not match" in str(error)

@@ -1,0 +1,200 @@
+"""Step logic with an in-memory destination (pure logic; the lab tests run the real thing)."""
+
+import hashlib
+import uuid
+
+import pytest
+
+from migratio.errors import ImageNotFound, PermanentError, VerificationFailed
+from migratio.pipeline import Context, SourceImage
+from migratio.services import Services
+from migratio.sites import OpenStackSite, RegisterOptions, Site
+from migratio.status import DictMeta, JobInfo
+from migratio.steps import common, openstack
+from tests.helpers import config_factory
+
+DATA = b"\x07" * 5000
+
+
+class MemoryGlance:
+    """The destination's images in a dict; same surface as migratio.glance.Glance."""
+
+    def __init__(self, images=(), store_hash="sha512", corrupt=False):
+        self.images = {i["id"]: dict(i) for i in images}
+        self.store_hash, self.corrupt = store_hash, corrupt
+        self.deleted, self.finds = [], 0
+
+    def find(self, filters):
+        self.finds += 1
+        return [dict(i) for i in self.images.values() if all(i.get(k) == v for k, v in filters.items())]
+
+    def show(self, image_id):
+        if image_id not in self.images:
+            raise ImageNotFound(f"image {image_id} not found")
+        return dict(self.images[image_id])
+
+    def delete(self, image_id):
+        self.deleted.append(image_id)
+        return self.images.pop(image_id, None) is not None
+
+    def create(self, name, disk_format, container_format, properties, min_disk=0, min_ram=0):
+        image_id = str(uuid.uuid4())
+        self.images[image_id] = {"id": image_id, "name": name, "status": "queued", "disk_format": disk_format,
+                                 **properties}
+        return image_id
+
+    def upload(self, image_id, path, progress=None):
+        data = path.read_bytes() + (b"!" if self.corrupt else b"")
+        self.images[image_id].update(status="active", size=len(data), checksum=hashlib.md5(data).hexdigest(),
+                                     os_hash_algo=self.store_hash,
+                                     os_hash_value=hashlib.new(self.store_hash, data).hexdigest())
+
+
+class Lines:
+    def __init__(self):
+        self.lines = []
+
+    def emit(self, job, text):
+        self.lines.append(text)
+
+
+@pytest.fixture
+def make_ctx(tmp_path):
+    def make(dest: MemoryGlance, **site_kw):
+        config = config_factory(tmp_path)
+        options = OpenStackSite(host="h", user="u", register=RegisterOptions(via="api", cloud="b"), **site_kw)
+        site = Site("site-b", "openstack", tmp_path / "sites/site-b.conf", options)
+        services = Services(source_glance=None, glance=lambda cloud: dest, remote=None, aws=None, nova=None)
+        image_id = str(uuid.uuid4())
+        ctx = Context(JobInfo("job-1", image_id, "site-a", "site-b"), config, site, services,
+                      tmp_path / "work", DictMeta(), Lines())
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        payload = ctx.workdir / "payload"
+        payload.write_bytes(DATA)
+        ctx.image = SourceImage(image_id, "centos", "qcow2", "bare", len(DATA), hashlib.md5(DATA).hexdigest(),
+                                "sha512", hashlib.sha512(DATA).hexdigest(),
+                                {"os_distro": "centos", "owner_specified.openstack.md5": "x"}, path=payload)
+        ctx.payload, ctx.payload_format = payload, "qcow2"
+        ctx.payload_hash = common.source_hashes(ctx.image)
+        return ctx
+
+    return make
+
+
+def ours(ctx, status, **kw):
+    return {"id": str(uuid.uuid4()), "status": status, "source_uuid": ctx.job.image_id, "source_cs": "site-a", **kw}
+
+
+def test_dedupe_finds_an_active_copy_and_removes_leftovers(make_ctx):
+    dest = MemoryGlance()
+    ctx = make_ctx(dest)
+    active, queued, killed = ours(ctx, "active"), ours(ctx, "queued"), ours(ctx, "killed")
+    other_site = {**ours(ctx, "active"), "source_cs": "site-z"}
+    dest.images = {i["id"]: i for i in (active, queued, killed, other_site)}
+    assert openstack.Dedupe().run(ctx) is None
+    assert ctx.finished and ctx.result == {"dest_image_id": active["id"], "already_present": True}
+    assert sorted(dest.deleted) == sorted([queued["id"], killed["id"]])
+    assert dest.finds == 1
+
+
+def test_dedupe_without_copies_goes_on(make_ctx):
+    dest = MemoryGlance()
+    ctx = make_ctx(dest)
+    assert openstack.Dedupe().run(ctx) == "No copy on site-b yet"
+    assert not ctx.finished and dest.deleted == []
+
+
+def test_dedupe_never_deletes_a_deactivated_copy(make_ctx):
+    dest = MemoryGlance()
+    ctx = make_ctx(dest)
+    copy = ours(ctx, "deactivated")
+    dest.images = {copy["id"]: copy}
+    with pytest.raises(PermanentError, match=f"image {copy['id']} on site-b .* is deactivated: reactivate or delete"):
+        openstack.Dedupe().run(ctx)
+    assert dest.deleted == []
+
+
+def test_register_and_verify_via_api(make_ctx):
+    dest = MemoryGlance()
+    ctx = make_ctx(dest)
+    assert openstack.Transfer().run(ctx) is None  # via api: nothing to stage
+    line = openstack.Register().run(ctx)
+    image_id = ctx.result["dest_image_id"]
+    assert line == f"Image registered as {image_id}"
+    image = dest.images[image_id]
+    assert (image["source_uuid"], image["source_cs"], image["os_distro"]) == (ctx.job.image_id, "site-a", "centos")
+    assert image["owner_specified.openstack.md5"] == "x"  # bytes unchanged: still true
+    assert openstack.Verify().run(ctx) == f"Image verified (sha512 {hashlib.sha512(DATA).hexdigest()})"
+    ctx.run_cleanups(failed=True)  # verified: the failure cleanup was dropped
+    assert dest.deleted == []
+
+
+def test_verify_deletes_a_copy_whose_hash_differs(make_ctx):
+    dest = MemoryGlance(corrupt=True)
+    ctx = make_ctx(dest)
+    openstack.Register().run(ctx)
+    image_id = ctx.result["dest_image_id"]
+    with pytest.raises(VerificationFailed, match=f"image {image_id} on site-b has size 5001, but 5000 bytes were "
+                                                 "sent; it was deleted"):
+        openstack.Verify().run(ctx)
+    assert dest.deleted == [image_id]
+
+
+def test_verify_computes_a_hash_glance_uses_but_we_lack(make_ctx):
+    dest = MemoryGlance(store_hash="sha256")
+    ctx = make_ctx(dest)
+    openstack.Register().run(ctx)
+    assert openstack.Verify().run(ctx) == f"Image verified (sha256 {hashlib.sha256(DATA).hexdigest()})"
+    assert ctx.payload_hash["sha256"] == hashlib.sha256(DATA).hexdigest()
+
+
+def test_verify_catches_a_wrong_hash_of_the_right_size(make_ctx):
+    dest = MemoryGlance()
+    ctx = make_ctx(dest)
+    openstack.Register().run(ctx)
+    image_id = ctx.result["dest_image_id"]
+    dest.images[image_id]["os_hash_value"] = "0" * 128
+    with pytest.raises(VerificationFailed, match="has sha512 0000"):
+        openstack.Verify().run(ctx)
+    assert image_id not in dest.images
+
+
+def test_failed_register_deletes_what_it_made(make_ctx):
+    class FailingUpload(MemoryGlance):
+        def upload(self, image_id, path, progress=None):
+            raise PermanentError("Glance answered HTTP 413")
+
+    dest = FailingUpload()
+    ctx = make_ctx(dest)
+    with pytest.raises(PermanentError):
+        openstack.Register().run(ctx)
+    assert len(dest.images) == 1
+    ctx.run_cleanups(failed=True)
+    assert dest.images == {}
+
+
+def test_converted_payload_drops_stale_hash_hints(make_ctx, tmp_path):
+    ctx = make_ctx(MemoryGlance())
+    ctx.payload = tmp_path / "converted.raw"
+    props = openstack.dest_properties(ctx)
+    assert "owner_specified.openstack.md5" not in props
+    assert props["os_distro"] == "centos" and props["source_uuid"] == ctx.job.image_id
+
+
+def test_staged_path_is_job_specific(make_ctx):
+    ctx = make_ctx(MemoryGlance(), staging_dir="/var/tmp/stage")
+    assert openstack.staged_path(ctx) == f"/var/tmp/stage/{ctx.job.image_id}-job-1.qcow2"
+
+
+def test_convert_is_a_no_op_or_a_relabel_when_the_bytes_stay_the_same(make_ctx):
+    ctx = make_ctx(MemoryGlance(), disk_format="qcow2")
+    assert common.Convert().run(ctx) is None and ctx.payload == ctx.image.path
+    ctx = make_ctx(MemoryGlance(), disk_format="raw")
+    ctx.image.disk_format = "iso"
+    assert common.Convert().run(ctx) is None
+    assert (ctx.payload, ctx.payload_format) == (ctx.image.path, "raw")
+
+
+def test_not_enough_space_is_named(tmp_path):
+    with pytest.raises(Exception, match=f"not enough space in {tmp_path} for converting image x"):
+        common.ensure_space(tmp_path, 1 << 60, "converting image x")
