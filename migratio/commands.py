@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import BinaryIO, Callable, Mapping, Sequence
 
 from .errors import CommandFailed, TransientError
 
@@ -46,11 +46,14 @@ class Commands:
 
     def run(self, argv: Sequence[str | Path], *, what: str | None = None, timeout: float | None = None,
             on_output: Callable[[str], None] | None = None, retryable_codes: Sequence[int] = (),
-            check: bool = True, cwd: Path | None = None) -> Result:
+            check: bool = True, cwd: Path | None = None,
+            feed: Callable[[BinaryIO], None] | None = None) -> Result:
         """Run argv to completion.
 
         Stdout is kept (for small JSON answers) unless `on_output` is given, in which case each
         line (split on CR or LF, as rsync progress uses CR) is passed to it and not kept.
+        `feed`, when given, writes the command's stdin (from a thread; the pipe is closed after
+        it returns; a command that stops reading early is not an error here, its exit status is).
         A non-zero exit raises CommandFailed (retryable when the code is in retryable_codes).
         """
         args = [str(a) for a in argv]
@@ -59,14 +62,14 @@ class Commands:
         self.log.info("run: %s", shown)
         start = time.monotonic()
         try:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(args, stdin=subprocess.PIPE if feed else subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=self.env, cwd=cwd,
                                     preexec_fn=_die_with_parent)
         except FileNotFoundError:
             raise CommandFailed(f"{label}: command not found: {args[0]} (is it installed and on PATH?)") from None
         except PermissionError:
             raise CommandFailed(f"{label}: permission denied running {args[0]}") from None
-        stdout, tail = self._communicate(proc, timeout, on_output, label)
+        stdout, tail = self._communicate(proc, timeout, on_output, label, feed)
         duration = time.monotonic() - start
         self.log.info("exit %s after %.1fs: %s", proc.returncode, duration, shown)
         result = Result(tuple(args), proc.returncode, stdout, self.redact(tail), duration)
@@ -76,10 +79,14 @@ class Commands:
             self.log.info("%s stderr tail:\n%s", label, result.stderr_tail)
         return result
 
-    def _communicate(self, proc, timeout, on_output, label) -> tuple[str, str]:
+    def _communicate(self, proc, timeout, on_output, label, feed=None) -> tuple[str, str]:
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         reader = threading.Thread(target=_collect, args=(proc.stderr, tail.append), daemon=True)
         reader.start()
+        feed_errors: list[BaseException] = []
+        writer = threading.Thread(target=_feed, args=(proc, feed, feed_errors), daemon=True) if feed else None
+        if writer:
+            writer.start()
         kept: list[str] = []
         fired = threading.Event()
         timer = threading.Timer(timeout, lambda: (fired.set(), proc.kill())) if timeout else None
@@ -95,8 +102,12 @@ class Commands:
                 proc.kill()
                 proc.wait()
             reader.join(timeout=5)
+            if writer:
+                writer.join(timeout=5)
         if fired.is_set():
             raise TransientError(f"{label}: timed out after {timeout:.0f}s")
+        if feed_errors:
+            raise feed_errors[0]
         return "\n".join(kept), "\n".join(tail)
 
     def _fail(self, result: Result, label: str, retryable_codes: Sequence[int]) -> None:
@@ -118,6 +129,22 @@ def _collect(stream, sink: Callable[[str], None]) -> None:
                 sink(line.decode("utf-8", "replace"))
     if pending:
         sink(pending.decode("utf-8", "replace"))
+
+
+def _feed(proc: subprocess.Popen, feed: Callable[[BinaryIO], None], errors: list[BaseException]) -> None:
+    """Write the command's stdin; an error of our own (e.g. reading the payload) kills it."""
+    try:
+        feed(proc.stdin)
+    except BrokenPipeError:
+        pass  # it stopped reading: its exit status and stderr say why
+    except BaseException as exc:
+        errors.append(exc)
+        proc.kill()
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
 
 
 def _die_with_parent() -> None:

@@ -132,16 +132,13 @@ class RemoteGlance:
         """`glance image-create ... --file PATH`; returns the new image id.
 
         `created` gets the id as soon as the CLI printed it, even when the upload then failed.
+        It runs on a terminal: if this worker dies, the upload dies with it (the retried job
+        then finds a queued copy to delete, never one that turns active later).
         """
-        args = ["image-create", f"--name={name}", f"--disk-format={disk_format}",
-                f"--container-format={container_format}"]
-        if min_disk:
-            args.append(f"--min-disk={int(min_disk)}")
-        if min_ram:
-            args.append(f"--min-ram={int(min_ram)}")
-        args += [f"--property={key}={value}" for key, value in properties.items()]
-        args.append(f"--file={path}")
-        code, out, err = self._run(args, timeout=None)
+        args = [*create_args(name, disk_format, container_format, properties, min_disk, min_ram), f"--file={path}"]
+        code, out, err = self.shell.run([*self.glance, *args], env_file=self.options.remote_env_file,
+                                        timeout=None, pty=True)
+        err = err or out  # on a terminal, errors arrive on stdout
         image_id = parse_show(out).get("id", "")
         if _is_uuid(image_id) and created is not None:
             created.append(image_id.lower())
@@ -152,8 +149,25 @@ class RemoteGlance:
         return image_id.lower()
 
     def _fail(self, what: str, code: int, err: str) -> None:
-        last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
-        transient = code == 255 or any(m in err for m in ("HTTP 50", "Unable to establish", "timed out",
-                                                          "Service Unavailable", "Connection refused"))
-        raise CommandFailed(f"remote glance {what} on {self.site} ({self.shell.where}) failed (exit {code})"
-                            + (f": {last}" if last else ""), retryable=transient, stderr_tail=err[-4000:])
+        raise remote_failure(what, self.site, self.shell.where, code, err)
+
+
+def create_args(name: str, disk_format: str, container_format: str, properties: Mapping[str, str],
+                min_disk: int = 0, min_ram: int = 0) -> list[str]:
+    """`glance image-create` arguments for a record with these fields (no data)."""
+    args = ["image-create", f"--name={name}", f"--disk-format={disk_format}",
+            f"--container-format={container_format}"]
+    if min_disk:
+        args.append(f"--min-disk={int(min_disk)}")
+    if min_ram:
+        args.append(f"--min-ram={int(min_ram)}")
+    return args + [f"--property={key}={value}" for key, value in properties.items()]
+
+
+def remote_failure(what: str, site: str, where: str, code: int, err: str) -> CommandFailed:
+    """A failed remote `glance` command: its last stderr line; retryable when it looks transient."""
+    last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
+    transient = code == 255 or any(m in err for m in ("HTTP 50", "Unable to establish", "timed out",
+                                                      "Service Unavailable", "Connection refused"))
+    return CommandFailed(f"remote glance {what} on {site} ({where}) failed (exit {code})"
+                         + (f": {last}" if last else ""), retryable=transient, stderr_tail=err[-4000:])

@@ -5,6 +5,7 @@ from typing import Any
 from rq import get_current_job
 
 from .errors import MigratioError
+from .locks import LockBusy
 from .logs import job_log
 from .migration import App, run_migration
 from .status import RqMeta
@@ -26,6 +27,10 @@ def migrate(image_uuid: str, destination_site: str) -> dict[str, Any]:
         try:
             return run_migration(app, job.id, image_uuid, destination_site, RqMeta(job),
                                  retries_left=job.retries_left or 0)
+        except LockBusy:
+            if job.retries_left:
+                job.retries_left += 1  # waiting for another job is not a failed attempt
+            raise
         except MigratioError as exc:
             if not exc.retryable:
                 job.retries_left = 0  # permanent: RQ must not retry it

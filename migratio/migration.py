@@ -10,7 +10,7 @@ from redis import Redis
 from . import ids
 from .config import Config
 from .errors import MigratioError
-from .locks import MigrationLock
+from .locks import LockBusy, MigrationLock
 from .pipeline import Context, run_pipeline
 from .redact import Redactor
 from .services import Services
@@ -43,7 +43,10 @@ def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta
         steps = app.steps_for(site)
         info = JobInfo(job_id, image_id, app.config.name, site.id)
         with MigrationLock(app.redis, app.config.namespace, image_id, site.id, app.config.lock_ttl):
-            result = _run(app, info, site, steps, meta)
+            result = _run(app, info, site, steps, meta, retries_left)
+    except LockBusy as exc:
+        _report_failure(app, info, meta, str(exc), retrying=retries_left > 0, waiting=True)
+        raise
     except MigratioError as exc:
         _report_failure(app, info, meta, str(exc), retrying=exc.retryable and retries_left > 0)
         raise
@@ -57,22 +60,26 @@ def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta
     return result
 
 
-def _run(app: App, info: JobInfo, site, steps, meta: Meta) -> dict[str, Any]:
+def _run(app: App, info: JobInfo, site, steps, meta: Meta, retries_left: int) -> dict[str, Any]:
     workdir = job_dir(app.config.work_dir, info.job_id)
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(job=info, config=app.config, site=site, services=app.services, workdir=workdir,
-                  meta=meta, status=app.status)
+                  meta=meta, status=app.status, retries_left=retries_left)
     try:
         return run_pipeline(ctx, steps)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _report_failure(app: App, info: JobInfo, meta: Meta, reason: str, retrying: bool) -> None:
-    state = "retrying" if retrying else "failed"
+def _report_failure(app: App, info: JobInfo, meta: Meta, reason: str, retrying: bool,
+                    waiting: bool = False) -> None:
+    reason = app.redact(reason)  # job meta and status lines never carry a secret
+    state = ("waiting" if waiting else "retrying") if retrying else "failed"
     meta.update(state=state, error=reason)
     prefix = "Migration attempt failed, will retry" if retrying else "Migration failed"
-    log.error("job=%s %s: %s", info.job_id, prefix.lower(), reason)
+    if waiting and retrying:
+        prefix = "Waiting"
+    log.log(logging.INFO if waiting else logging.ERROR, "job=%s %s: %s", info.job_id, prefix.lower(), reason)
     app.status.emit(info, f"{prefix}: {reason}")
 
 

@@ -51,7 +51,9 @@ class Context:
     finished: bool = False  # set when nothing is left to do (e.g. already present)
     step: str = "-"
     steps_done: list[str] = field(default_factory=list)
+    retries_left: int = 0  # automatic retries the job still has (a retryable failure keeps resumable files)
     _on_exit: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    _kept_for_retry: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     _on_failure: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     _throttle: ProgressThrottle | None = None
 
@@ -75,9 +77,13 @@ class Context:
         if total and self._throttle.due(done, total):
             self.say(f"{self.step}: {100 * done // total}% ({_size(done)} of {_size(total)})")
 
-    def on_exit(self, what: str, action: Callable[[], None]) -> None:
-        """Run `action` when the job ends, however it ends (temp files, staged copies)."""
-        self._on_exit.append((what, action))
+    def on_exit(self, what: str, action: Callable[[], None], keep_for_retry: bool = False) -> None:
+        """Run `action` when the job ends, however it ends (temp files, staged copies).
+
+        With `keep_for_retry`, a failure that will be retried skips it (a partial staged file is
+        kept for the retry to resume from); success and final failures still run it.
+        """
+        (self._kept_for_retry if keep_for_retry else self._on_exit).append((what, action))
 
     def on_failure(self, what: str, action: Callable[[], None]) -> None:
         """Run `action` only if the job fails (a half-made destination image)."""
@@ -86,9 +92,19 @@ class Context:
     def forget_failure_action(self, what: str) -> None:
         self._on_failure = [(w, a) for w, a in self._on_failure if w != what]
 
-    def run_cleanups(self, failed: bool) -> None:
-        actions = (self._on_failure[::-1] if failed else []) + self._on_exit[::-1]
-        self._on_failure, self._on_exit = [], []
+    def forget_exit_action(self, what: str) -> None:
+        """Drop an on_exit action that has nothing left to do (e.g. its file is already gone)."""
+        self._on_exit = [(w, a) for w, a in self._on_exit if w != what]
+        self._kept_for_retry = [(w, a) for w, a in self._kept_for_retry if w != what]
+
+    def will_retry(self, exc: BaseException) -> bool:
+        """Whether RQ runs the job again after `exc` (as run_migration and migratio.job decide)."""
+        return self.retries_left > 0 and getattr(exc, "retryable", True) and isinstance(exc, Exception)
+
+    def run_cleanups(self, failed: bool, retrying: bool = False) -> None:
+        kept = [] if retrying else self._kept_for_retry[::-1]
+        actions = (self._on_failure[::-1] if failed else []) + kept + self._on_exit[::-1]
+        self._on_failure, self._on_exit, self._kept_for_retry = [], [], []
         for what, action in actions:
             try:
                 action()
@@ -116,16 +132,19 @@ def run_pipeline(ctx: Context, steps: list[Step]) -> dict[str, Any]:
     names = [s.name for s in steps]
     ctx.meta.update(state="running", steps=names, steps_done=[], step=None, error=None)
     ctx.say("Migration started")
-    failed = True
+    failed, retrying = True, False
     try:
         for step in steps:
             if ctx.finished and not step.always:
                 continue
             _run_step(ctx, step)
         failed = False
+    except BaseException as exc:
+        retrying = ctx.will_retry(exc)
+        raise
     finally:
         ctx.step = "cleanup"
-        ctx.run_cleanups(failed)
+        ctx.run_cleanups(failed, retrying)
     return ctx.result
 
 

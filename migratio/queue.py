@@ -6,8 +6,11 @@ from rq.job import Job
 from . import ids
 from .config import Config
 from .errors import ConfigError, MigratioError
-from .job import migrate
 from .sites import Site, load_site
+
+# The job function by its import path: enqueueing does not load the pipeline's clients (boto3,
+# paramiko, glanceclient), so the CLI starts fast; workers have them loaded already.
+MIGRATE = "migratio.job.migrate"
 
 
 def migration_queue(config: Config, redis) -> Queue:
@@ -42,7 +45,7 @@ def enqueue_migration(queue: Queue, config: Config, image_id: str, dest: str,
     site = site or _load_or_none(config, dest)
     retry = Retry(max=config.retries, interval=config.retry_intervals) if config.retries else None
     return queue.enqueue(
-        migrate, image_id, dest,
+        MIGRATE, image_id, dest,
         job_id=job_id,
         retry=retry,
         job_timeout=config.job_timeout,

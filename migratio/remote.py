@@ -82,12 +82,17 @@ class RemoteShell:
         return cls(client, where)
 
     def run(self, argv: Sequence[str], env_file: str | None = None,
-            timeout: float | None = DEFAULT_TIMEOUT) -> tuple[int, str, str]:
-        """Run argv on the head node; returns (exit status, stdout, stderr)."""
+            timeout: float | None = DEFAULT_TIMEOUT, pty: bool = False) -> tuple[int, str, str]:
+        """Run argv on the head node; returns (exit status, stdout, stderr).
+
+        With `pty`, the command gets a terminal, so it is hung up (SIGHUP) when the connection
+        drops, e.g. when this worker is killed: no remote process outlives us and finishes work
+        behind our back. Its stderr then arrives merged into stdout.
+        """
         line = command_line(argv, env_file)
         log.info("ssh %s: %s", self.where, line)
         try:
-            stdin, stdout, _ = self.client.exec_command(line, timeout=timeout)
+            stdin, stdout, _ = self.client.exec_command(line, timeout=timeout, get_pty=pty)
             stdin.channel.shutdown_write()  # EOF: nothing remote may wait for input
             return _drain(stdout.channel, timeout)
         except (paramiko.SSHException, socket.error, EOFError) as exc:
@@ -133,12 +138,12 @@ def _translate(exc: Exception, where: str, site) -> Exception:
             f"host key of {where} does not match known_hosts file {site.known_hosts} "
             f"(got {exc.key.get_name()} md5 {hexlify(exc.key.get_fingerprint()).decode()}): "
             f"the host was reinstalled or someone is in the middle; fix known_hosts only after checking")
+    if isinstance(exc, paramiko.PasswordRequiredException):  # (a subclass of AuthenticationException)
+        return ConfigError(f"ssh key file {site.key_file} is encrypted (a passphrase-less key is needed)")
     if isinstance(exc, paramiko.AuthenticationException):
         return AuthError(f"ssh {site.user}@{where}: authentication failed with key {site.key_file}")
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return ConfigError(f"ssh key file {site.key_file} cannot be read: {exc.strerror}")
-    if isinstance(exc, paramiko.PasswordRequiredException):
-        return ConfigError(f"ssh key file {site.key_file} is encrypted (a passphrase-less key is needed)")
     if isinstance(exc, paramiko.SSHException) and "key" in str(exc).lower() and "not a valid" in str(exc):
         return ConfigError(f"ssh key file {site.key_file} is not a valid private key")
     if isinstance(exc, (socket.timeout, TimeoutError)):

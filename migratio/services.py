@@ -40,3 +40,12 @@ def default_services(config: Config, environ: Mapping[str, str] | None = None) -
         return nova_mod.Nova(openstack_auth.session(cloud, config.clouds_file, env))
 
     return Services(lambda: glance(config.cloud), glance, remote, aws, nova)
+
+
+def preload() -> None:
+    """Import the clients every OpenStack job uses, once, in the worker process.
+
+    RQ forks a work-horse per job: what the worker imported, the horse has for free; what it
+    imports itself (glanceclient, keystoneauth, paramiko: about 1 s) it pays on every job.
+    """
+    from . import glance, glance_cli, openstack_auth, remote, stream  # noqa: F401

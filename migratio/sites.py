@@ -41,6 +41,7 @@ class OpenStackSite:
     boot_check: BootCheck | None = None
     ssh_cipher: str | None = None
     compress: bool = False
+    stream: bool = True  # ssh the image straight into `glance image-upload` (not with compress or via api)
     connect_timeout: int = 20
 
 

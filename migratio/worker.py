@@ -3,11 +3,13 @@
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping
 
 import redis
 from rq import Worker
+from rq.registry import StartedJobRegistry
 
 from .config import Config
 from .errors import MigratioError
@@ -16,14 +18,17 @@ from .ingest import Ingest, ingest_client
 from .job import bind_app
 from .migration import App
 from .queue import migration_queue
+from .recovery import free_dead_scheduler_lock, recover_abandoned
 from .redact import Redactor
-from .services import Services, default_services
+from .services import Services, default_services, preload
 from .status import FanOut, LogSink, StatusSink
+from .workdirs import remove_stale
 
 log = logging.getLogger("migratio.worker")
 
 INGEST_BLOCK = 2.0  # seconds ingest blocks on Atmosphere's queue between checks for shutdown
 FEEDBACK_FLUSH = 30.0  # seconds a work-horse keeps retrying undelivered status lines before exiting
+REDIS_OUTAGE_WAIT = 600.0  # seconds a work-horse waits for Redis to come back to record a job's outcome
 
 
 class RedisUnavailable(MigratioError):
@@ -53,9 +58,16 @@ def build_app(config: Config, client: redis.Redis, services: Services | None = N
 
 
 class MigratioWorker(Worker):
-    """RQ's forking worker; the work-horse delivers buffered status lines before it exits."""
+    """RQ's forking worker, made to live through a Redis restart.
+
+    The parent keeps watching its work-horse when a heartbeat cannot reach Redis (RQ would quit
+    and orphan the horse); the horse waits for Redis before recording the job's outcome (RQ
+    would record a finished migration as a crash), then delivers buffered status lines.
+    """
 
     after_job: Callable[[], None] | None = None
+    redis_outage_wait: float = REDIS_OUTAGE_WAIT
+    revive_scheduler: bool = False  # not in burst mode, where the scheduler runs inline once
 
     def perform_job(self, job, queue, execution) -> bool:
         try:
@@ -63,6 +75,36 @@ class MigratioWorker(Worker):
         finally:
             if self.after_job:
                 self.after_job()
+
+    def execute_job(self, job, queue) -> None:
+        super().execute_job(job, queue)
+        self._revive_scheduler()
+
+    def maintain_heartbeats(self, job, execution) -> None:
+        try:
+            super().maintain_heartbeats(job, execution)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("worker %s: heartbeat for job %s not sent, Redis unreachable (%s); "
+                        "the job goes on", self.name, job.id, exc)
+            return
+        self._revive_scheduler()
+
+    def _revive_scheduler(self) -> None:
+        """Restart RQ's scheduler process if it died (it does when Redis goes away); RQ itself
+        only checks at its 10-minute maintenance, and retries with a backoff wait for it."""
+        scheduler = self.scheduler
+        if not self.revive_scheduler or scheduler is None:
+            return
+        if scheduler._process is not None and scheduler._process.is_alive():
+            return
+        try:
+            scheduler.acquire_locks(auto_start=True)
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # the next heartbeat tries again
+
+    def handle_execution_ended(self, job, queue, heartbeat_ttl) -> None:
+        wait_for_redis(self.connection, self.redis_outage_wait, f"record the outcome of job {job.id}")
+        super().handle_execution_ended(job, queue, heartbeat_ttl)
 
 
 def run_worker(app: App, burst: bool = False, worker_class: type[Worker] = MigratioWorker,
@@ -73,10 +115,13 @@ def run_worker(app: App, burst: bool = False, worker_class: type[Worker] = Migra
     (parent) process, or once before starting with burst.
     """
     bind_app(app)
+    preload()
     queue = migration_queue(app.config, app.redis)
+    recover(app, queue)
     worker = worker_class([queue], connection=app.redis)
     if isinstance(worker, MigratioWorker):
         worker.after_job = lambda: flush_status(app.status, FEEDBACK_FLUSH)
+        worker.revive_scheduler = not burst
     log.info("worker %s (pid %s) consuming %s", worker.name, os.getpid(), queue.name)
     if not ingest:
         return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
@@ -105,6 +150,45 @@ def ingesting(app: App, burst: bool) -> Iterator[Ingest]:
             thread.join(INGEST_BLOCK + 15)
         feedback.flush(5)
         client.close()
+
+
+def recover(app: App, queue) -> None:
+    """At start: hand back jobs a dead worker of this host left started, then remove temp dirs
+    of jobs that no longer run (work_dir is shared by this host's workers)."""
+    for job_id in recover_abandoned(queue, app.config.name, app.status):
+        log.warning("job %s was left running by a worker that died: handed back to RQ", job_id)
+    free_dead_scheduler_lock(queue)  # else retries scheduled with a backoff wait for its expiry
+    remove_stale(app.config.work_dir, lambda: started_job_ids(app.redis))
+
+
+def started_job_ids(client: redis.Redis) -> set[str]:
+    """Ids of the jobs running now, on any queue of this Redis."""
+    from rq import Queue
+
+    ids: set[str] = set()
+    for queue in Queue.all(connection=client):
+        ids.update(StartedJobRegistry(queue.name, connection=client).get_job_ids(cleanup=False))
+    return ids
+
+
+def wait_for_redis(client: redis.Redis, timeout: float, what: str) -> bool:
+    """Block until Redis answers PING (True) or `timeout` seconds passed (False)."""
+    deadline, delay, warned = time.monotonic() + timeout, 0.5, False
+    while True:
+        try:
+            client.ping()
+            if warned:
+                log.info("Redis answers again: going on to %s", what)
+            return True
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                log.error("Redis still unreachable after %.0fs: cannot %s (%s)", timeout, what, exc)
+                return False
+            if not warned:
+                log.warning("Redis unreachable (%s): waiting up to %.0fs to %s", exc, timeout, what)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def flush_status(status: object, timeout: float) -> None:

@@ -1,11 +1,12 @@
 """A small in-process HTTP server for API doubles: answers from a routing function, records requests."""
 
 import json
-import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
+
+from labservices import free_port  # noqa: F401  (re-exported for the tests)
 
 
 @dataclass
@@ -17,13 +18,6 @@ class Request:
 
     def json(self):
         return json.loads(self.body or b"null")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (right now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 Answer = tuple[int, object]  # (status, JSON-able body or None)

@@ -68,7 +68,7 @@ class FakeShell:
     def __init__(self, *answers):
         self.answers, self.calls = list(answers), []
 
-    def run(self, argv, env_file=None, timeout=None):
+    def run(self, argv, env_file=None, timeout=None, pty=False):
         self.calls.append((list(argv), env_file))
         return self.answers.pop(0)
 

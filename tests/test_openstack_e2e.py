@@ -101,7 +101,8 @@ def staged_files(lab) -> list[str]:
 
 def assert_no_temp_files(outcome: Outcome, lab):
     assert not (outcome.config.work_dir / outcome.job.id).exists(), "job work dir left behind"
-    assert not [n for n in staged_files(lab) if outcome.job.id in n], "staged file left on the head node"
+    image_id = outcome.job.args[0]  # staged names are <image>-<source site>.<format>
+    assert not [n for n in staged_files(lab) if image_id in n], "staged file left on the head node"
 
 
 def sha512(path: Path) -> str:

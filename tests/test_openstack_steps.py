@@ -88,7 +88,9 @@ def ours(ctx, status, **kw):
 def test_dedupe_finds_an_active_copy_and_removes_leftovers(make_ctx):
     dest = MemoryGlance()
     ctx = make_ctx(dest)
-    active, queued, killed = ours(ctx, "active"), ours(ctx, "queued"), ours(ctx, "killed")
+    active = ours(ctx, "active", disk_format="qcow2", size=len(DATA), checksum=ctx.image.checksum,
+                  os_hash_algo="sha512", os_hash_value=ctx.image.os_hash_value)
+    queued, killed = ours(ctx, "queued"), ours(ctx, "killed")
     other_site = {**ours(ctx, "active"), "source_cs": "site-z"}
     dest.images = {i["id"]: i for i in (active, queued, killed, other_site)}
     assert openstack.Dedupe().run(ctx) is None
@@ -181,9 +183,9 @@ def test_converted_payload_drops_stale_hash_hints(make_ctx, tmp_path):
     assert props["os_distro"] == "centos" and props["source_uuid"] == ctx.job.image_id
 
 
-def test_staged_path_is_job_specific(make_ctx):
+def test_staged_path_is_the_same_for_every_job_of_an_image(make_ctx):
     ctx = make_ctx(MemoryGlance(), staging_dir="/var/tmp/stage")
-    assert openstack.staged_path(ctx) == f"/var/tmp/stage/{ctx.job.image_id}-job-1.qcow2"
+    assert openstack.staged_path(ctx) == f"/var/tmp/stage/{ctx.job.image_id}-site-a.qcow2"  # a retry resumes it
 
 
 def test_convert_is_a_no_op_or_a_relabel_when_the_bytes_stay_the_same(make_ctx):

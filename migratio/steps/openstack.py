@@ -1,18 +1,20 @@
 """Steps for OpenStack destinations: dedupe, transfer, register, verify, boot-check.
 
 The destination Glance is reached either through the head node's `glance` CLI over SSH
-(`register: {via: ssh}`, the default: the image is rsync'ed to its staging dir first) or
-through its API from the worker (`register: {via: api}`: uploaded straight from the file).
+(`register: {via: ssh}`, the default: the image is streamed over ssh into `glance image-upload`
+there, or rsync'ed to its staging dir first) or through its API from the worker
+(`register: {via: api}`: uploaded straight from the file).
 """
 
 import contextlib
 import os
 import posixpath
+import shlex
 import time
 from typing import Any, Iterator
 
-from .. import hashes, ids, transfer
-from ..errors import ConfigError, PermanentError, VerificationFailed
+from .. import glance_cli, hashes, qemu, stream, transfer
+from ..errors import ConfigError, PermanentError, UnsafeImage, VerificationFailed
 from ..glance_cli import RemoteGlance
 from ..pipeline import Context, Step
 
@@ -23,14 +25,16 @@ SETTLING = frozenset({"saving", "uploading", "importing"})
 SETTLE_TIMEOUT = 600.0
 REGISTER_CLEANUP = "delete the half-registered destination image"
 CONVERTED_ONLY_PREFIX = "owner_specified.openstack."  # hashes of the source bytes: stale after convert
+PAYLOAD_MD5 = "owner_specified.openstack.md5"  # on converted copies: md5 of the bytes that were sent
 MiB = 1024 * 1024
 
 
 class Dedupe(Step):
-    """One filtered list call: an active copy ends the job as 'already present'.
+    """One filtered list call: an active copy with the right bytes ends the job as 'already present'.
 
-    Non-active copies (queued/saving/killed, from a crashed earlier run) are deleted, so a
-    migration never leaves two images for one source.
+    Non-active copies (queued/saving/killed, from a crashed earlier run) and active copies whose
+    size or hash differ from what would be sent are deleted, so a migration never leaves two
+    images (or a wrong one) for one source.
     """
 
     name = "dedupe"
@@ -42,7 +46,7 @@ class Dedupe(Step):
                 if image.get("status") in STALE:
                     ctx.log.warning("deleting leftover image %s (%s) on %s", image["id"], image["status"], ctx.site.id)
                     dest.delete(image["id"])
-        active = [i for i in found if i.get("status") == "active"]
+            active = [i for i in found if i.get("status") == "active" and _copy_is_right(i, ctx, dest)]
         if active:
             if len(active) > 1:
                 ctx.log.warning("%d active copies on %s: %s", len(active), ctx.site.id,
@@ -50,7 +54,7 @@ class Dedupe(Step):
             ctx.result = {"dest_image_id": active[0]["id"], "already_present": True}
             ctx.finished = True
             return None
-        blocked = [i for i in found if i.get("status") not in STALE | GOING]
+        blocked = [i for i in found if i.get("status") not in STALE | GOING | {"active"}]  # wrong active: deleted
         if blocked:
             image = blocked[0]
             raise PermanentError(f"image {image['id']} on {ctx.site.id} is a copy of {ctx.job.image_id} but is "
@@ -59,7 +63,13 @@ class Dedupe(Step):
 
 
 class Transfer(Step):
-    """rsync over ssh to the head node's staging dir (skipped for register via api)."""
+    """Sends the image to the head node (skipped for register via api).
+
+    With `stream` (the default) it is piped over ssh straight into the destination Glance, which
+    also registers it; a staged copy is kept on the way for a retry to resume from. Without it,
+    with `compress`, or when a partial staged copy of an earlier attempt exists: rsync to the
+    staging dir (resumable, --partial), registered by the next step.
+    """
 
     name = "transfer"
 
@@ -68,9 +78,18 @@ class Transfer(Step):
         if options.register.via == "api":
             return None
         payload, remote_path = _payload(ctx), staged_path(ctx)
-        _remote(ctx, ["mkdir", "-p", "--", options.staging_dir], "mkdir of the staging dir")
-        ctx.on_exit(f"remove staged file {remote_path} on {options.host}",
-                    lambda: _remote(ctx, ["rm", "-f", "--", remote_path], "rm of the staged file"))
+        remove = f"remove staged file {remote_path} on {options.host}"
+        # kept when the job will be retried: rsync --partial resumes from what already arrived
+        ctx.on_exit(remove, lambda: _remote(ctx, ["rm", "-f", "--", remote_path], "rm of the staged file"),
+                    keep_for_retry=True)
+        if options.stream and not options.compress:
+            line = _stream(ctx, payload, remote_path)
+            if line:
+                ctx.forget_exit_action(remove)  # the head node removed it once Glance had the image
+                return line
+            ctx.log.info("a partial copy of an earlier attempt is staged: resuming it with rsync")
+        else:
+            _remote(ctx, ["mkdir", "-p", "--", options.staging_dir], "mkdir of the staging dir")
         size = payload.stat().st_size
         argv = transfer.rsync_argv(payload, remote_path, options, ctx.site.limits.bandwidth_limit)
         start = ctx.clock()
@@ -88,12 +107,12 @@ class Register(Step):
     name = "register"
 
     def run(self, ctx: Context) -> str | None:
-        image, payload = ctx.image, _payload(ctx)
-        properties = dest_properties(ctx)
+        if ctx.result.get("dest_image_id"):  # streamed into Glance by the transfer step
+            return f"Image registered as {ctx.result['dest_image_id']}"
+        payload = _payload(ctx)
         created: list[str] = []
         ctx.on_failure(REGISTER_CLEANUP, lambda: _delete_created(ctx, created))
-        fields = dict(name=image.name, disk_format=ctx.payload_format, container_format=image.container_format,
-                      properties=properties, min_disk=image.min_disk, min_ram=image.min_ram)
+        fields = record_fields(ctx)
         with destination(ctx) as dest:
             if isinstance(dest, RemoteGlance):
                 image_id = dest.create_from_file(path=staged_path(ctx), created=created, **fields)
@@ -172,6 +191,49 @@ def destination(ctx: Context) -> Iterator[Any]:
         shell.close()
 
 
+def record_fields(ctx: Context) -> dict[str, Any]:
+    """The destination record: the source's name, formats, minimums and properties + our origin."""
+    image, payload = ctx.image, _payload(ctx)
+    properties = dest_properties(ctx)
+    if payload != image.path:  # converted: a later dedupe checks the copy against this claim
+        properties[PAYLOAD_MD5] = ctx.payload_hash.get("md5") or hashes.file_hashes(payload, ("md5",))["md5"]
+    return dict(name=image.name, disk_format=ctx.payload_format, container_format=image.container_format,
+                properties=properties, min_disk=image.min_disk, min_ram=image.min_ram)
+
+
+def _stream(ctx: Context, payload, remote_path: str) -> str | None:
+    """Pipe the payload over ssh into `glance image-upload` on the head node (see migratio.stream).
+
+    None (nothing registered) when an earlier attempt left a partial staged copy to resume.
+    """
+    options, size = ctx.site.options, payload.stat().st_size
+    fields = record_fields(ctx)
+    line = stream.remote_line(shlex.split(options.glance_command), glance_cli.create_args(**fields),
+                              remote_path, size, options.remote_env_file)
+    limit = ctx.site.limits.bandwidth_limit
+    start = ctx.clock()
+
+    def progress(done: int) -> None:
+        elapsed = ctx.clock() - start
+        ctx.progress(done, size, done / elapsed if elapsed > 0 else None)
+
+    result = ctx.commands.run(stream.ssh_argv(options, line), what="ssh stream", check=False,
+                              feed=stream.feeder(payload, limit * 1024 if limit else None, progress))
+    if result.returncode == stream.PARTIAL_STAGED:
+        return None
+    image_id = stream.created_id(result.stdout)
+    created = [image_id] if image_id else []
+    ctx.on_failure(REGISTER_CLEANUP, lambda: _delete_created(ctx, created))
+    error = stream.outcome(result.returncode, result.stdout, result.stderr_tail, options, ctx.site.id)
+    if error:
+        raise error
+    if not image_id:
+        raise PermanentError(f"remote glance image-create on {ctx.site.id}: no image id in its output")
+    ctx.result = {"dest_image_id": image_id, "already_present": False}
+    took = ctx.clock() - start
+    return f"Image transferred ({_mib(size)} in {took:.0f} s, streamed into Glance on {ctx.site.id})"
+
+
 def origin(ctx: Context) -> dict[str, str]:
     return {SOURCE_UUID: ctx.job.image_id, SOURCE_CS: ctx.config.name}
 
@@ -187,8 +249,61 @@ def dest_properties(ctx: Context) -> dict[str, str]:
 
 
 def staged_path(ctx: Context) -> str:
-    name = f"{ctx.job.image_id}-{ids.site_id(ctx.job.job_id)}.{ctx.payload_format}"
+    """One name per (image, source site, format) in the destination's staging dir: a retried or
+    repeated job finds the partial file an interrupted rsync left and resumes from it (the
+    per (image, destination) lock keeps two jobs from writing it at once)."""
+    name = f"{ctx.job.image_id}-{ctx.config.name}.{ctx.payload_format}"
     return posixpath.join(ctx.site.options.staging_dir, name)
+
+
+def _copy_is_right(record: dict[str, Any], ctx: Context, dest) -> bool:
+    """An active copy counts as 'already present' only with the size and hash of what would be
+    sent; a copy proven wrong is deleted, one that cannot be checked needs the operator."""
+    problem, checkable = copy_problem(record, ctx)
+    if problem is None:
+        return True
+    if not checkable:
+        raise PermanentError(f"image {record['id']} on {ctx.site.id} is an active copy of {ctx.job.image_id} "
+                             f"but {problem}: delete it to migrate the image again")
+    ctx.log.warning("deleting image %s on %s: it %s", record["id"], ctx.site.id, problem)
+    dest.delete(record["id"])
+    return False
+
+
+def copy_problem(record: dict[str, Any], ctx: Context) -> tuple[str | None, bool]:
+    """(what is wrong with an active copy or None, whether that was proven from its hashes)."""
+    image = ctx.image
+    target = getattr(ctx.site.options, "disk_format", None) or image.disk_format
+    if record.get("disk_format") != target:
+        return f"has disk format {record.get('disk_format')}, not {target}", False
+    if not _same_bytes(image.disk_format, target):  # a conversion: its md5 was claimed at register
+        claim, stored = record.get(PAYLOAD_MD5), record.get("checksum")
+        if not claim or not stored:
+            return "its data cannot be checked (no md5 claim of the converted bytes)", False
+        return (None if claim.lower() == str(stored).lower() else f"has md5 {stored}, not the {claim} sent"), True
+    if _int(record.get("size")) != image.size:
+        return f"has size {record.get('size')}, not {image.size}", True
+    claims = {"md5": record.get("checksum")}
+    if record.get("os_hash_algo"):
+        claims[str(record["os_hash_algo"])] = record.get("os_hash_value")
+    known = {"md5": image.checksum, image.os_hash_algo: image.os_hash_value}
+    compared = [(algo, str(value).lower(), str(known[algo]).lower())
+                for algo, value in claims.items() if value and known.get(algo)]
+    if not compared:
+        return "reports no hash to compare with the source's", False
+    for algo, theirs, ours in compared:
+        if theirs != ours:
+            return f"has {algo} {theirs}, not the source's {ours}", True
+    return None, True
+
+
+def _same_bytes(source_format: str, target: str) -> bool:
+    if target == source_format:
+        return True
+    try:
+        return qemu.qemu_format(target) == qemu.qemu_format(source_format)
+    except UnsafeImage:
+        return False
 
 
 def mismatch(record: dict[str, Any], ctx: Context) -> tuple[str | None, dict[str, str]]:

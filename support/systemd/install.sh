@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
         --unit-dir) unit_dir=$2; shift 2 ;;
         --logrotate-dir) logrotate_dir=$2; shift 2 ;;
         --no-systemctl) systemctl=no; shift ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done

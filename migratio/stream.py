@@ -1,0 +1,139 @@
+"""Streaming an image into the destination Glance over one ssh connection.
+
+The head node runs one shell line: the bytes go into a staged file as they arrive, while
+`glance image-create` makes the record; then `glance image-upload --size N ID` reads the
+staged file as it grows. Transfer and registration overlap, so a migration costs about the
+slower of the link and the destination Glance instead of their sum. The staged copy is what a
+retry resumes from with rsync if the stream breaks (worker killed, link lost); it is removed
+once the upload succeeded.
+
+`--size` makes Glance refuse a short upload (the image stays queued, never active); the line
+also checks the staged copy's size and deletes the image if fewer bytes arrived.
+"""
+
+import shlex
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable, Sequence
+
+from . import ids
+from .errors import InvalidInput, MigrationError, TransientError
+from .glance_cli import parse_show, remote_failure
+from .remote import address
+from .transfer import failure as ssh_failure, ssh_command
+
+CHUNK = 1024 * 1024
+PROGRESS_EVERY = 1.0  # seconds between progress reports
+BURST = 0.1  # seconds ahead of the rate before sleeping; no credit is saved up (as rsync --bwlimit)
+UPLOAD_MARK = "migratio-upload"
+PARTIAL_STAGED = 75  # exit status of the line when an earlier attempt left a staged copy (EX_TEMPFAIL)
+# awk: the value of the `id` row of glance's Property|Value table (continuation rows have no key)
+AWK_ID = "$2 ~ /^ *id *$/ { gsub(/ /, \"\", $3); print $3; exit }"
+
+
+def remote_line(glance: Sequence[str], create_args: Sequence[str], staged: str, size: int,
+                env_file: str | None) -> str:
+    """The shell line the head node runs (POSIX sh; every argument is quoted).
+
+    The bytes land in the staged file from the first one on (a background `cat`), while the
+    record is created; then `tail -f` follows the staged file into `glance image-upload` until
+    the receiving `cat` has ended. So the link never waits for the glance CLI to start.
+    """
+    q = shlex.quote
+    cli = " ".join(q(a) for a in glance)
+    create = " ".join(q(a) for a in create_args)
+    staging, staged_q, n = q(str(Path(staged).parent)), q(staged), int(size)
+    give_up = 'kill "$receiver" 2>/dev/null; exit "$rc"'
+    steps = [
+        f"mkdir -p -- {staging} || exit",
+        f'if [ -s {staged_q} ]; then echo "a partial copy is staged: resume it with rsync" >&2; exit {PARTIAL_STAGED}; fi',
+        f": > {staged_q} || exit",
+        f"exec 3<&0; cat <&3 > {staged_q} & receiver=$!; exec 3<&-",
+        f"out=$({cli} {create} <&-); rc=$?; printf '%s\\n' \"$out\"",
+        f'if [ "$rc" -ne 0 ]; then {give_up}; fi',
+        f"id=$(printf '%s\\n' \"$out\" | awk -F'|' {q(AWK_ID)})",
+        f'case "$id" in ""|-*|*[!0-9a-f-]*) echo "no image id in the output of glance image-create" >&2; '
+        f'rc=3; {give_up};; esac',
+        f'echo "{UPLOAD_MARK} $id"',
+        f'tail -c +1 -s 0.1 -f --pid="$receiver" -- {staged_q} | {cli} image-upload --size={n} "$id"; rc=$?',
+        f'if [ "$rc" -ne 0 ]; then {give_up}; fi',
+        'wait "$receiver"',
+        f'if [ "$(stat -c %s -- {staged_q})" != {n} ]; then {cli} image-delete "$id";'
+        ' echo "the stream ended early: the image was deleted" >&2; exit 4; fi',
+        f"rm -f -- {staged_q}",
+    ]
+    body = "; ".join(steps)
+    return f". {q(env_file)} && {{ {body}; }}" if env_file else f"{{ {body}; }}"
+
+
+def ssh_argv(site, line: str) -> list[str]:
+    """ssh with the same options rsync's -e gets (host keys checked, fast cipher)."""
+    return [*shlex.split(ssh_command(site)), f"{site.user}@{site.host}", line]
+
+
+class Pacer:
+    """Sleeps so that writes never run ahead of `rate` bytes/s, without saving up credit."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.rate, self.clock, self.sleep = rate, clock, sleep
+        self.paid_until = clock()
+
+    def wrote(self, n: int) -> None:
+        if not self.rate:
+            return
+        now = self.clock()
+        self.paid_until = max(self.paid_until, now) + n / self.rate
+        if self.paid_until - now >= BURST:
+            self.sleep(self.paid_until - now)
+
+
+def feeder(path: Path, rate: float | None, progress: Callable[[int], None],
+           clock: Callable[[], float] = time.monotonic) -> Callable[[BinaryIO], None]:
+    """A Commands.run `feed`: writes the file in 1 MiB blocks, paced, reporting progress."""
+
+    def feed(pipe: BinaryIO) -> None:
+        pacer, done, reported = Pacer(rate, clock), 0, clock()
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                pipe.write(block)
+                done += len(block)
+                pacer.wrote(len(block))
+                if clock() - reported >= PROGRESS_EVERY:
+                    progress(done)
+                    reported = clock()
+        pipe.flush()
+        progress(done)
+
+    return feed
+
+
+def created_id(stdout: str) -> str | None:
+    """The image id glance image-create printed (or the upload mark), if any."""
+    for line in stdout.splitlines():
+        if line.startswith(UPLOAD_MARK + " "):
+            return _uuid(line.split(" ", 1)[1])
+    return _uuid(parse_show(stdout).get("id", ""))
+
+
+def outcome(returncode: int, stdout: str, stderr_tail: str, site, site_id: str) -> MigrationError | None:
+    """None on success, else the error: ssh's own failures, or which glance command failed."""
+    if returncode == 0:
+        return None
+    where = address(site.host, site.port)
+    if returncode == 255:  # ssh itself: host key, authentication, connection
+        error = ssh_failure(returncode, stderr_tail, site)
+        if isinstance(error, TransientError):
+            last = next((ln.strip() for ln in reversed(stderr_tail.splitlines()) if ln.strip()), "exit 255")
+            return TransientError(f"ssh to {where} failed while streaming the image: {last}")
+        return error
+    what = "image-upload" if any(ln.startswith(UPLOAD_MARK) for ln in stdout.splitlines()) else "image-create"
+    return remote_failure(what, site_id, where, returncode, stderr_tail)
+
+
+def _uuid(text: str) -> str | None:
+    try:
+        return ids.image_id(text.strip())
+    except InvalidInput:
+        return None
+
