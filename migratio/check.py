@@ -19,6 +19,7 @@ from . import sites as sites_mod
 from .config import Config, load_config
 from .errors import AuthError, HostKeyError, ImageNotFound, InvalidInput, MigratioError, TransientError
 from .redact import Redactor
+from .units import format_size
 
 TOOLS = {"qemu-img": "qemu-utils", "rsync": "rsync", "ssh": "openssh-client"}
 PROBE_IMAGE = "00000000-0000-4000-8000-000000000000"  # an id no Glance has: 404 proves auth works
@@ -440,14 +441,6 @@ def parse_size(text: str) -> int:
     if not m:
         raise InvalidInput(f"invalid size {text!r}: use e.g. 500M, 10G")
     return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
-
-
-def format_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _user_name() -> str:

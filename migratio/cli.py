@@ -17,6 +17,7 @@ from .errors import ConfigError, InvalidInput, MigratioError
 from .logs import job_log_path, setup_logging
 from .queue import enqueue_migration, migration_queue
 from .redact import Redactor
+from .units import format_size
 
 EX_CONFIG = 78  # sysexits.h; the systemd unit does not restart a worker that exits with it
 ENDED = ("finished", "failed", "canceled", "stopped")
@@ -255,9 +256,9 @@ def _progress(v: jobs.JobView, tty: bool, elapsed: bool) -> str:
     if v.percent is not None:
         parts.append(_bar(v.percent) if tty else f"{v.percent}%")
     if v.bytes_done is not None:
-        parts.append(_size(v.bytes_done) + (f"/{_size(v.bytes_total)}" if v.bytes_total else ""))
+        parts.append(format_size(v.bytes_done) + (f"/{format_size(v.bytes_total)}" if v.bytes_total else ""))
     if v.rate:
-        parts.append(f"{_size(v.rate)}/s")
+        parts.append(f"{format_size(v.rate)}/s")
     if v.eta is not None:
         parts.append(f"ETA {_duration(v.eta)}")
     if elapsed and v.started_at:
@@ -268,14 +269,6 @@ def _progress(v: jobs.JobView, tty: bool, elapsed: bool) -> str:
 def _bar(percent: int) -> str:
     filled = BAR_WIDTH * percent // 100
     return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {percent:3d}%"
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _duration(seconds: float) -> str:

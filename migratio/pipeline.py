@@ -10,6 +10,7 @@ from .commands import Commands
 from .config import Config
 from .sites import Site
 from .status import JobInfo, Meta, ProgressThrottle, StatusSink
+from .units import format_size
 
 log = logging.getLogger("migratio.pipeline")
 
@@ -75,7 +76,7 @@ class Context:
         if self._throttle is None:
             self._throttle = ProgressThrottle(self.clock)
         if total and self._throttle.due(done, total):
-            self.say(f"{self.step}: {100 * done // total}% ({_size(done)} of {_size(total)})")
+            self.say(f"{self.step}: {100 * done // total}% ({format_size(done)} of {format_size(total)})")
 
     def on_exit(self, what: str, action: Callable[[], None], keep_for_retry: bool = False) -> None:
         """Run `action` when the job ends, however it ends (temp files, staged copies).
@@ -164,11 +165,3 @@ def _run_step(ctx: Context, step: Step) -> None:
     ctx.meta.update(steps_done=list(ctx.steps_done))
     if line:
         ctx.say(line)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

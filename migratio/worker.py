@@ -93,8 +93,8 @@ class MigratioWorker(Worker):
         """Restart RQ's scheduler process if it died (it does when Redis goes away); RQ itself
         only checks at its 10-minute maintenance, and retries with a backoff wait for it."""
         scheduler = self.scheduler
-        if not self.revive_scheduler or scheduler is None:
-            return
+        if not self.revive_scheduler or scheduler is None or self._stop_requested:
+            return  # a stopping worker must not start a new scheduler process (it would wait on it)
         if scheduler._process is not None and scheduler._process.is_alive():
             return
         try:
