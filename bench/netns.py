@@ -8,16 +8,15 @@ between the worker and the destination crosses the veth, where the kernel counts
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import os
 import signal
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import file_lock
 from labservices import GLANCE_API_CONF, GUNICORN_CONF, GlanceSite, Sshd, ssh_banner
 
 NETNS_PREFIX = "migratio-bench-"  # + the pid of the benchmark that made it
@@ -84,7 +83,7 @@ class Link:
     def up(self) -> "Link":
         remove_stale()
         self.down()
-        with _locked():
+        with file_lock(LOCK):  # serialises subnet choice between benchmarks started together
             self.subnet = self.subnet or free_subnet(self.owner)
             _check_free(self.subnet)
             ip("netns", "add", self.netns)
@@ -168,18 +167,6 @@ def _addresses() -> list[ipaddress.IPv4Interface]:
         if "inet" in fields:
             found.append(ipaddress.ip_interface(fields[fields.index("inet") + 1]))
     return found
-
-
-@contextmanager
-def _locked():
-    """Serialises subnet choice and creation between benchmarks started at the same time."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _kill(pid: int, grace: float = 5.0) -> None:
