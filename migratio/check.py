@@ -5,6 +5,7 @@ Each probe is a small function taking what it needs and returning the PASS detai
 them to the real config, Redis, Glance, SSH and AWS clients (all replaceable in `Inputs`).
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from typing import Any, Callable, Mapping
 from . import sites as sites_mod
 from .config import Config, load_config
 from .errors import AuthError, HostKeyError, ImageNotFound, InvalidInput, MigratioError, TransientError
+from .glance_cli import RemoteGlance
 from .redact import Redactor
 from .units import format_size
 
@@ -216,7 +218,8 @@ def glance_fix(config: Config) -> Callable[[Exception], str]:
 
 def run_openstack(runner: Runner, site, services, min_free: int) -> None:
     opts, sid = site.options, site.id
-    dependent = ("remote glance" if opts.register.via == "ssh" else "glance api", "staging dir")
+    glance_probes = ("remote glance", "glance queries") if opts.register.via == "ssh" else ("glance api",)
+    dependent = (*glance_probes, "staging dir")
     if not runner.probe(f"{sid}: host key", lambda: check_host_key(opts), _keyscan_fix(opts)):
         for what in ("ssh login", *dependent):
             runner.skip(f"{sid}: {what}", "host key unknown")
@@ -237,6 +240,8 @@ def run_openstack(runner: Runner, site, services, min_free: int) -> None:
     try:
         if opts.register.via == "ssh":
             runner.probe(f"{sid}: remote glance", lambda: check_remote_glance(shell[0], opts), _remote_glance_fix(opts))
+            runner.probe(f"{sid}: glance queries", lambda: check_glance_queries(shell[0], opts, sid),
+                         _remote_glance_fix(opts))
         else:
             runner.probe(f"{sid}: glance api", lambda: check_glance(services.glance(opts.register.cloud), sid),
                          f"check cloud '{opts.register.cloud}' in clouds.yaml")
@@ -290,6 +295,18 @@ def check_remote_glance(shell, opts) -> str:
         raise Fail(f"`{opts.glance_command} image-list` on {opts.host} failed: {last}")
     env = f" with {opts.remote_env_file}" if opts.remote_env_file else ""
     return f"`{opts.glance_command} image-list` works on {opts.host}{env}"
+
+
+def check_glance_queries(shell, opts, site_id: str) -> str:
+    """Whether dedupe/verify query Glance with the head node's Python (fast) or its glance CLI."""
+    if not opts.remote_python:
+        return "by the glance CLI (remote_python: null)"
+    glance = RemoteGlance(shell, opts, site_id)
+    with contextlib.suppress(ImageNotFound):
+        glance.show(PROBE_IMAGE)
+    if glance.cli_reason:
+        return f"by the glance CLI, about 1 s each ({opts.remote_python}: {glance.cli_reason})"
+    return f"by {opts.remote_python} on {opts.host}, straight from the Glance API"
 
 
 def _remote_glance_fix(opts) -> str:

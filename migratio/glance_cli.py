@@ -1,18 +1,35 @@
-"""The destination's `glance` CLI run on its head node, and parsing of its tables.
+"""The destination Glance through its head node: a small API client run there, or its `glance` CLI.
+
+Queries (find, show, delete) run `migratio/headnode_glance.py` with the head node's Python
+(`remote_python`): one process and a few HTTP requests, where each glance CLI start costs
+about a second; `install_client` puts it there for the stream's shell line (migratio.stream).
+When that Python is missing or the credentials need the CLI, the CLI does it. Registering a
+staged file after an rsync (`create_from_file`) always uses the CLI.
 
 Image names and property values are data: they may hold '|', quotes or newlines, so the
 tables are read by position (id first, status from the right) and continuation rows
 (multi-line cells) never count as records.
 """
 
+import hashlib
+import json
+import logging
+import posixpath
 import shlex
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import ids
+from . import headnode_glance as api, ids
 from .errors import CommandFailed, ImageNotFound, InvalidInput, PermanentError
 from .remote import RemoteShell
 
 SHOW_WIDTH = "100000"  # --max-column-width: hashes must not wrap
+NO_COMMAND = 127  # the shell's "command not found"
+CLI_NAMES = {"find": "image-list", "show": "image-show", "delete": "image-delete",  # in error messages
+             "probe": "client install"}
+INSTALL = 'mkdir -p -- "$1" && cat > "$2.$$" && mv -f -- "$2.$$" "$2" && shift 2 && exec "$@"'
+
+log = logging.getLogger("migratio.glance_cli")
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -73,7 +90,7 @@ def _is_uuid(text: str) -> bool:
 
 
 class RemoteGlance:
-    """The destination Glance through its head node's CLI (`. remote_env_file && glance ...`).
+    """The destination Glance through its head node (`. remote_env_file && ...`).
 
     Same small surface as migratio.glance.Glance: find, show, delete (+ create_from_file).
     """
@@ -81,21 +98,16 @@ class RemoteGlance:
     def __init__(self, shell: RemoteShell, site, site_id: str):
         self.shell, self.options, self.site = shell, site, site_id
         self.glance = shlex.split(site.glance_command)
-
-    def _run(self, args: Sequence[str], timeout: float | None = 600) -> tuple[int, str, str]:
-        return self.shell.run([*self.glance, *args], env_file=self.options.remote_env_file, timeout=timeout)
-
-    def _check(self, args: Sequence[str], what: str, timeout: float | None = 600) -> str:
-        code, out, err = self._run(args, timeout)
-        if code != 0:
-            self._fail(what, code, err)
-        return out
+        self.python = shlex.split(site.remote_python) if site.remote_python else []
+        self.cli_reason: str | None = None  # why the queries fell back to the CLI
 
     def find(self, filters: Mapping[str, str]) -> list[dict[str, Any]]:
-        """Images with these properties: one list command, then image-show of each hit."""
-        args = ["--verbose", "image-list"]
-        for key, value in filters.items():
-            args.append(f"--property-filter={key}={value}")
+        """Images with these properties: one API query, or one CLI list then image-show of each hit."""
+        pairs = [f"{key}={value}" for key, value in filters.items()]
+        answer = self._api("find", pairs)
+        if answer is not None:
+            return [record for record in answer if _is_uuid(str(record.get("id", "")))]
+        args = ["--verbose", "image-list", *(f"--property-filter={pair}" for pair in pairs)]
         hits = parse_list(self._check(args, "image-list"))
         found = []
         for hit in hits:
@@ -107,24 +119,82 @@ class RemoteGlance:
 
     def show(self, image_id: str) -> dict[str, Any]:
         image_id = ids.image_id(image_id)
-        code, out, err = self._run(["image-show", f"--max-column-width={SHOW_WIDTH}", image_id])
-        if code != 0:
-            if "No image with" in err or "404" in err or "not found" in err.lower():
-                raise ImageNotFound(f"image {image_id} not found on {self.site}")
-            self._fail("image-show", code, err)
-        record = parse_show(out)
-        if record.get("id", "").lower() != image_id:
+        try:
+            record = self._api("show", [image_id])
+        except ImageNotFound:
+            raise ImageNotFound(f"image {image_id} not found on {self.site}") from None
+        if record is None:
+            record = self._cli_show(image_id)
+        if str(record.get("id", "")).lower() != image_id:
             raise PermanentError(f"remote glance image-show {image_id} on {self.site}: unexpected output")
         return record
 
     def delete(self, image_id: str) -> bool:
         image_id = ids.image_id(image_id)
+        try:
+            if self._api("delete", [image_id]) is not None:
+                return True
+        except ImageNotFound:
+            return False
         code, _, err = self._run(["image-delete", image_id])
         if code != 0:
-            if "No image with" in err or "404" in err or "not found" in err.lower():
+            if _missing(err):
                 return False
             self._fail("image-delete", code, err)
         return True
+
+    def install_client(self, directory: str) -> str | None:
+        """Puts the client into `directory` on the head node (for the stream's shell line).
+
+        Returns its path there once it authenticated, or None when only the CLI works here.
+        """
+        if not self.python:
+            return None
+        source = client_source()
+        path = posixpath.join(directory, f".migratio-glance-{hashlib.sha256(source).hexdigest()[:12]}.py")
+        code, out, err = self.shell.run(["sh", "-c", INSTALL, "sh", directory, path, *self.python, path, "probe"],
+                                        env_file=self.options.remote_env_file, timeout=600, stdin=source)
+        return None if self._answer("probe", code, out, err) is None else path
+
+    def _api(self, op: str, args: Sequence[str]) -> Any:
+        """The head node API client's JSON answer; None when only the CLI can do it here."""
+        if not self.python:
+            return None
+        code, out, err = self.shell.run([*self.python, "-", op, *args], env_file=self.options.remote_env_file,
+                                        timeout=600, stdin=client_source())
+        return self._answer(op, code, out, err)
+
+    def _answer(self, op: str, code: int, out: str, err: str) -> Any:
+        if code == 0:
+            try:
+                return json.loads(out)
+            except ValueError:
+                raise PermanentError(f"remote glance {op} on {self.site}: the head node's answer is not JSON") from None
+        if code == api.NOT_FOUND:
+            raise ImageNotFound(err.strip())
+        if code in (api.UNSUPPORTED, NO_COMMAND):
+            self.cli_reason = _last_line(err) or "not found"
+            log.warning("%s on %s: %s; using the glance CLI", self.python[0], self.site, self.cli_reason)
+            self.python = []
+            return None
+        self._fail(CLI_NAMES[op], code, err)
+
+    def _cli_show(self, image_id: str) -> dict[str, Any]:
+        code, out, err = self._run(["image-show", f"--max-column-width={SHOW_WIDTH}", image_id])
+        if code != 0:
+            if _missing(err):
+                raise ImageNotFound(f"image {image_id} not found on {self.site}")
+            self._fail("image-show", code, err)
+        return parse_show(out)
+
+    def _run(self, args: Sequence[str], timeout: float | None = 600) -> tuple[int, str, str]:
+        return self.shell.run([*self.glance, *args], env_file=self.options.remote_env_file, timeout=timeout)
+
+    def _check(self, args: Sequence[str], what: str, timeout: float | None = 600) -> str:
+        code, out, err = self._run(args, timeout)
+        if code != 0:
+            self._fail(what, code, err)
+        return out
 
     def create_from_file(self, name: str, disk_format: str, container_format: str,
                          properties: Mapping[str, str], path: str, min_disk: int = 0,
@@ -164,10 +234,22 @@ def create_args(name: str, disk_format: str, container_format: str, properties: 
     return args + [f"--property={key}={value}" for key, value in properties.items()]
 
 
+def client_source() -> bytes:
+    return Path(api.__file__).read_bytes()
+
+
+def _missing(err: str) -> bool:
+    return "No image with" in err or "404" in err or "not found" in err.lower()
+
+
+def _last_line(text: str) -> str:
+    return next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+
+
 def remote_failure(what: str, site: str, where: str, code: int, err: str) -> CommandFailed:
     """A failed remote `glance` command: its last stderr line; retryable when it looks transient."""
-    last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
-    transient = code == 255 or any(m in err for m in ("HTTP 50", "Unable to establish", "timed out",
-                                                      "Service Unavailable", "Connection refused"))
+    last = _last_line(err)
+    transient = code in (255, api.NO_CONNECTION) or any(
+        m in err for m in ("HTTP 50", "Unable to establish", "timed out", "Service Unavailable", "Connection refused"))
     return CommandFailed(f"remote glance {what} on {site} ({where}) failed (exit {code})"
                          + (f": {last}" if last else ""), retryable=transient, stderr_tail=err[-4000:])

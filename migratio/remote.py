@@ -82,8 +82,9 @@ class RemoteShell:
         return cls(client, where)
 
     def run(self, argv: Sequence[str], env_file: str | None = None,
-            timeout: float | None = DEFAULT_TIMEOUT, pty: bool = False) -> tuple[int, str, str]:
-        """Run argv on the head node; returns (exit status, stdout, stderr).
+            timeout: float | None = DEFAULT_TIMEOUT, pty: bool = False,
+            stdin: bytes = b"") -> tuple[int, str, str]:
+        """Run argv on the head node (`stdin` is its whole input); returns (exit status, stdout, stderr).
 
         With `pty`, the command gets a terminal, so it is hung up (SIGHUP) when the connection
         drops, e.g. when this worker is killed: no remote process outlives us and finishes work
@@ -92,8 +93,10 @@ class RemoteShell:
         line = command_line(argv, env_file)
         log.info("ssh %s: %s", self.where, line)
         try:
-            stdin, stdout, _ = self.client.exec_command(line, timeout=timeout, get_pty=pty)
-            stdin.channel.shutdown_write()  # EOF: nothing remote may wait for input
+            channel_in, stdout, _ = self.client.exec_command(line, timeout=timeout, get_pty=pty)
+            if stdin:
+                channel_in.write(stdin)
+            channel_in.channel.shutdown_write()  # EOF: nothing remote may wait for input
             return _drain(stdout.channel, timeout)
         except (paramiko.SSHException, socket.error, EOFError) as exc:
             raise TransientError(f"ssh {self.where}: connection lost ({_text(exc)})") from None

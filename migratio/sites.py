@@ -36,6 +36,7 @@ class OpenStackSite:
     staging_dir: str = "/var/tmp/migratio-staging"
     remote_env_file: str | None = None
     glance_command: str = "glance"
+    remote_python: str | None = "python3"  # runs migratio's small Glance API client there; None: CLI only
     disk_format: str | None = None
     register: RegisterOptions = field(default_factory=RegisterOptions)
     boot_check: BootCheck | None = None

@@ -1,9 +1,11 @@
 """Streaming an image into the destination Glance over one ssh connection.
 
-The head node runs one shell line: the bytes go into a staged file as they arrive, while
-`glance image-create` makes the record; then `glance image-upload --size N ID` reads the
-staged file as it grows. Transfer and registration overlap, so a migration costs about the
-slower of the link and the destination Glance instead of their sum. The staged copy is what a
+The head node runs one shell line: the bytes go into a staged file as they arrive, while the
+record is created; then the upload (`--size N`) reads the staged file as it grows. Glance is
+reached by migratio's small client installed on the head node (migratio/headnode_glance.py) or,
+where that cannot run, by the glance CLI (`image-create`, `image-upload`, `image-delete`).
+Transfer and registration overlap, so a migration costs about the slower of the link and the
+destination Glance instead of their sum. The staged copy is what a
 retry resumes from with rsync if the stream breaks (worker killed, link lost); it is removed
 once the upload succeeded.
 
@@ -11,8 +13,10 @@ once the upload succeeded.
 also checks the staged copy's size and deletes the image if fewer bytes arrived.
 """
 
+import json
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
@@ -31,17 +35,38 @@ PARTIAL_STAGED = 75  # exit status of the line when an earlier attempt left a st
 AWK_ID = "$2 ~ /^ *id *$/ { gsub(/ /, \"\", $3); print $3; exit }"
 
 
-def remote_line(glance: Sequence[str], create_args: Sequence[str], staged: str, size: int,
-                env_file: str | None) -> str:
+@dataclass(frozen=True)
+class HeadGlance:
+    """The shell words the head node's line uses for Glance: the glance CLI, or migratio's client."""
+
+    create: str  # makes the queued record and prints it
+    id_of: str  # a filter: create's output in, the new image's id out
+    upload: str  # + "$id": reads exactly the announced size from stdin
+    delete: str  # + "$id"
+
+
+def cli_commands(glance: Sequence[str], create_args: Sequence[str], size: int) -> HeadGlance:
+    cli = _words(glance)
+    return HeadGlance(f"{cli} {_words(create_args)}", f"awk -F'|' {shlex.quote(AWK_ID)}",
+                      f"{cli} image-upload --size={int(size)}", f"{cli} image-delete")
+
+
+def client_commands(python: Sequence[str], client: str, fields: dict, size: int) -> HeadGlance:
+    """migratio/headnode_glance.py, installed on the head node at `client` (see RemoteGlance)."""
+    run = _words([*python, client])
+    spec = json.dumps(fields, sort_keys=True)
+    return HeadGlance(f"{run} create {shlex.quote(spec)}", "head -n 1", f"{run} upload --size={int(size)}",
+                      f"{run} delete")
+
+
+def remote_line(glance: HeadGlance, staged: str, size: int, env_file: str | None) -> str:
     """The shell line the head node runs (POSIX sh; every argument is quoted).
 
     The bytes land in the staged file from the first one on (a background `cat`), while the
-    record is created; then `tail -f` follows the staged file into `glance image-upload` until
-    the receiving `cat` has ended. So the link never waits for the glance CLI to start.
+    record is created; then `tail -f` follows the staged file into the upload until the
+    receiving `cat` has ended. So the link never waits for Glance's client to start.
     """
     q = shlex.quote
-    cli = " ".join(q(a) for a in glance)
-    create = " ".join(q(a) for a in create_args)
     staging, staged_q, n = q(str(Path(staged).parent)), q(staged), int(size)
     give_up = 'kill "$receiver" 2>/dev/null; exit "$rc"'
     steps = [
@@ -49,21 +74,25 @@ def remote_line(glance: Sequence[str], create_args: Sequence[str], staged: str, 
         f'if [ -s {staged_q} ]; then echo "a partial copy is staged: resume it with rsync" >&2; exit {PARTIAL_STAGED}; fi',
         f": > {staged_q} || exit",
         f"exec 3<&0; cat <&3 > {staged_q} & receiver=$!; exec 3<&-",
-        f"out=$({cli} {create} <&-); rc=$?; printf '%s\\n' \"$out\"",
+        f"out=$({glance.create} <&-); rc=$?; printf '%s\\n' \"$out\"",
         f'if [ "$rc" -ne 0 ]; then {give_up}; fi',
-        f"id=$(printf '%s\\n' \"$out\" | awk -F'|' {q(AWK_ID)})",
+        f"id=$(printf '%s\\n' \"$out\" | {glance.id_of})",
         f'case "$id" in ""|-*|*[!0-9a-f-]*) echo "no image id in the output of glance image-create" >&2; '
         f'rc=3; {give_up};; esac',
         f'echo "{UPLOAD_MARK} $id"',
-        f'tail -c +1 -s 0.1 -f --pid="$receiver" -- {staged_q} | {cli} image-upload --size={n} "$id"; rc=$?',
+        f'tail -c +1 -s 0.1 -f --pid="$receiver" -- {staged_q} | {glance.upload} "$id"; rc=$?',
         f'if [ "$rc" -ne 0 ]; then {give_up}; fi',
         'wait "$receiver"',
-        f'if [ "$(stat -c %s -- {staged_q})" != {n} ]; then {cli} image-delete "$id";'
+        f'if [ "$(stat -c %s -- {staged_q})" != {n} ]; then {glance.delete} "$id";'
         ' echo "the stream ended early: the image was deleted" >&2; exit 4; fi',
         f"rm -f -- {staged_q}",
     ]
     body = "; ".join(steps)
     return f". {q(env_file)} && {{ {body}; }}" if env_file else f"{{ {body}; }}"
+
+
+def _words(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(str(a)) for a in argv)
 
 
 def ssh_argv(site, line: str) -> list[str]:
@@ -109,11 +138,12 @@ def feeder(path: Path, rate: float | None, progress: Callable[[int], None],
 
 
 def created_id(stdout: str) -> str | None:
-    """The image id glance image-create printed (or the upload mark), if any."""
+    """The image id the create command printed (alone, or in the CLI's table), or the upload mark's."""
     for line in stdout.splitlines():
         if line.startswith(UPLOAD_MARK + " "):
             return _uuid(line.split(" ", 1)[1])
-    return _uuid(parse_show(stdout).get("id", ""))
+    bare = next((_uuid(line) for line in stdout.splitlines() if _uuid(line)), None)
+    return bare or _uuid(parse_show(stdout).get("id", ""))
 
 
 def outcome(returncode: int, stdout: str, stderr_tail: str, site, site_id: str) -> MigrationError | None:

@@ -1,4 +1,8 @@
-"""A small in-process HTTP server for API doubles: answers from a routing function, records requests."""
+"""A small in-process HTTP server for API doubles: answers from a routing function, records requests.
+
+A route returns ``(status, body)`` or ``(status, body, headers)``; ``body`` is JSON-able or None
+(no body), ``headers`` a dict of extra response headers (e.g. Keystone's X-Subject-Token).
+"""
 
 import json
 import threading
@@ -20,7 +24,7 @@ class Request:
         return json.loads(self.body or b"null")
 
 
-Answer = tuple[int, object]  # (status, JSON-able body or None)
+Answer = tuple[int, object] | tuple[int, object, dict]  # (status, JSON-able body or None[, headers])
 
 
 @dataclass
@@ -38,11 +42,14 @@ class HttpDouble:
                 length = int(self.headers.get("Content-Length") or 0)
                 req = Request(self.command, self.path, dict(self.headers), self.rfile.read(length))
                 double.requests.append(req)
-                status, body = double.route(req)
+                status, body, *extra = double.route(req)
+                headers = extra[0] if extra else {}
                 data = b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
-                if data:
+                if data and "content-type" not in {name.lower() for name in headers}:
                     self.send_header("Content-Type", "application/json")
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

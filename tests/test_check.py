@@ -155,10 +155,18 @@ def test_everything_passes_on_the_lab(lab_check):
     assert [line.split(":")[0] for line in lines[:-1]] == [
         "PASS  config", "PASS  redis", "PASS  images dir", "PASS  work dir", "PASS  log dir",
         "PASS  tool qemu-img", "PASS  tool rsync", "PASS  tool ssh", "PASS  source glance",
-        "PASS  site-b", "PASS  site-b", "PASS  site-b", "PASS  site-b", "PASS  site-b"]
+        "PASS  site-b", "PASS  site-b", "PASS  site-b", "PASS  site-b", "PASS  site-b", "PASS  site-b"]
     assert checks["source glance"][1].endswith("answers and accepts the credentials")
     assert checks["site-b"][1].startswith("staging dir: " + str(lab.head_node.staging_dir))
-    assert lines[-1] == "14 passed, 0 failed"
+    assert f"PASS  site-b: glance queries: by python3 on {lab.head_node.host}, straight from the Glance API" in lines
+    assert lines[-1] == "15 passed, 0 failed"
+
+    site(remote_python="/nonexistent/python3")
+    code, _, lines = check("site-b")
+    queries = next(ln for ln in lines if "glance queries" in ln)
+    assert code == 0 and queries.startswith("PASS  site-b: glance queries: by the glance CLI, about 1 s each "
+                                            "(/nonexistent/python3: ")
+    assert "No such file or directory" in queries
 
 
 @pytest.mark.lab
@@ -219,6 +227,9 @@ def test_bad_credentials(lab_check, tmp_path):
     glance = next(ln for ln in lines if "remote glance" in ln)
     assert glance.startswith(f"FAIL  site-b: remote glance: `glance image-list` on {head.host} failed: ")
     assert f"-- fix: check the OS_* credentials in {bad_env} on {head.host}" in glance
+    queries = next(ln for ln in lines if "glance queries" in ln)
+    assert queries.startswith("FAIL  site-b: glance queries: remote glance image-show on site-b")
+    assert "Unable to establish connection to http://127.0.0.1:" in queries
     assert checks["source glance"][0] == "FAIL" and "cannot reach Glance" in checks["source glance"][1]
     assert "PASS  site-b: staging dir" in "\n".join(lines)
 

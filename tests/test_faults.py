@@ -606,7 +606,7 @@ def _glance_cli_failure(code: int, stderr: str):
     class Shell:
         where = "head:22"
 
-        def run(self, argv, env_file=None, timeout=None, pty=False):
+        def run(self, argv, env_file=None, timeout=None, pty=False, stdin=b""):
             return code, "", stderr
     try:
         RemoteGlance(Shell(), SITE, "site-b").delete(str(uuid.uuid4()))

@@ -2,13 +2,15 @@
 
 import contextlib
 import io
+import json
 import shlex
 import uuid
+from pathlib import Path
 
 import pytest
 from glanceclient.common import utils as gutils
 
-from migratio import glance_cli
+from migratio import glance_cli, headnode_glance
 from migratio.errors import CommandFailed, ImageNotFound
 from migratio.glance_cli import RemoteGlance
 from migratio.remote import command_line
@@ -66,15 +68,18 @@ class FakeShell:
     where = "head:22"
 
     def __init__(self, *answers):
-        self.answers, self.calls = list(answers), []
+        self.answers, self.calls, self.stdins = list(answers), [], []
 
-    def run(self, argv, env_file=None, timeout=None, pty=False):
+    def run(self, argv, env_file=None, timeout=None, pty=False, stdin=b""):
         self.calls.append((list(argv), env_file))
+        self.stdins.append(stdin)
         return self.answers.pop(0)
 
 
 def site(**kw):
-    return OpenStackSite(host="head", user="u", remote_env_file="/etc/glance env.sh", **kw)
+    """A site whose queries use the glance CLI (remote_python: null), unless kw says otherwise."""
+    return OpenStackSite(host="head", user="u", remote_env_file="/etc/glance env.sh",
+                         **{"remote_python": None, **kw})
 
 
 def test_create_sends_each_value_as_one_quoted_argument():
@@ -137,3 +142,58 @@ def test_other_failures_are_permanent_with_the_last_stderr_line():
     assert not info.value.retryable
     assert str(info.value).endswith("failed (exit 2): sh: 1: .: cannot open /etc/glance env.sh: No such file")
 
+
+
+def test_find_is_one_run_of_the_head_node_client_with_the_filters_as_arguments():
+    hit = image(name=HOSTILE)
+    shell = FakeShell((0, json.dumps([hit, {"id": "not-a-uuid"}]), ""))
+    glance = RemoteGlance(shell, site(remote_python="/usr/bin/python3 -I"), "site-b")
+    found = glance.find({"source_uuid": hit["source_uuid"], "source_cs": "site-a"})
+    assert [f["id"] for f in found] == [hit["id"]] and found[0]["name"] == HOSTILE
+    argv, env_file = shell.calls[0]
+    assert argv == ["/usr/bin/python3", "-I", "-", "find", f"source_uuid={hit['source_uuid']}", "source_cs=site-a"]
+    assert env_file == "/etc/glance env.sh"
+    assert shell.stdins[0] == Path(headnode_glance.__file__).read_bytes()  # the client itself, on stdin
+
+
+@pytest.mark.parametrize("code, stderr", [(127, "sh: 1: python3: not found"),
+                                          (3, "these credentials (OS_AUTH_TYPE/OS_CLOUD) need the glance CLI")])
+def test_without_python_or_with_cli_only_credentials_the_cli_takes_over(code, stderr, caplog):
+    hit = image()
+    shell = FakeShell((code, "", stderr), (0, printed(gutils.print_dict, hit, max_column_width=100000), ""),
+                      (0, "", ""))
+    glance = RemoteGlance(shell, site(remote_python="python3"), "site-b")
+    assert glance.show(hit["id"])["checksum"] == hit["checksum"]
+    assert glance.delete(hit["id"]) is True
+    assert [argv[:2] for argv, _ in shell.calls] == [["python3", "-"], ["glance", "image-show"],
+                                                      ["glance", "image-delete"]]  # asked once, then the CLI
+    assert stderr.split(":")[-1].strip() in caplog.text
+
+
+def test_head_node_client_answers_are_mapped_like_the_cli_ones():
+    missing = str(uuid.uuid4())
+    shell = FakeShell((4, "", "HTTP 404 Not Found"), (4, "", "HTTP 404 Not Found"),
+                      (5, "", "HTTP 503 Service Unavailable: GET http://glance:9292/v2/images"),
+                      (6, "", "Unable to establish connection to http://glance:9292/v2/images: refused"),
+                      (5, "", "HTTP 403 Forbidden: DELETE http://glance:9292/v2/images/x"))
+    glance = RemoteGlance(shell, site(remote_python="python3"), "site-b")
+    with pytest.raises(ImageNotFound, match=f"image {missing} not found on site-b"):
+        glance.show(missing)
+    assert glance.delete(missing) is False
+    for retryable in (True, True, False):
+        with pytest.raises(CommandFailed, match="remote glance image-(list|delete) on site-b") as info:
+            glance.find({"source_uuid": missing}) if retryable else glance.delete(missing)
+        assert info.value.retryable is retryable
+
+
+def test_install_client_puts_it_in_the_staging_dir_and_checks_the_credentials():
+    shell = FakeShell((0, "{}\n", ""), (127, "", "sh: 1: exec: python3: not found"))
+    glance = RemoteGlance(shell, site(remote_python="python3"), "site-b")
+    path = glance.install_client("/var/tmp/migratio staging")
+    assert path.startswith("/var/tmp/migratio staging/.migratio-glance-") and path.endswith(".py")
+    argv, env_file = shell.calls[0]
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", "/var/tmp/migratio staging", path, "python3", path, "probe"]
+    assert env_file == "/etc/glance env.sh" and shell.stdins[0] == Path(headnode_glance.__file__).read_bytes()
+    other = RemoteGlance(shell, site(remote_python="python3"), "site-b")
+    assert other.install_client("/staging") is None and other.cli_reason == "sh: 1: exec: python3: not found"
+    assert RemoteGlance(FakeShell(), site(), "site-b").install_client("/staging") is None  # remote_python: null

@@ -121,10 +121,11 @@ def rename(api, image_id: str, name: str) -> None:
 HOSTILE_NAME = 'ubuntu "; rm -rf / #$(touch /tmp/migratio-pwned)\n| x | active |'
 
 
-def test_qcow2_to_qcow2_with_a_hostile_name(lab, glance_image, migrate_on_lab):
+@pytest.mark.parametrize("remote_python", ["python3", ""], ids=["headnode-client", "glance-cli"])
+def test_qcow2_to_qcow2_with_a_hostile_name(lab, glance_image, migrate_on_lab, remote_python):
     img = glance_image(properties={"os_distro": "ubuntu", "hw_disk_bus": "scsi"})
     rename(lab.site_a.api(), img.id, HOSTILE_NAME)  # (the fixture makes a file named after the image)
-    out = migrate_on_lab(img.id)
+    out = migrate_on_lab(img.id, remote_python=remote_python)
     assert out.status == "finished", out.meta.get("error")
     dest_id = out.result["dest_image_id"]
     assert out.result["already_present"] is False
@@ -242,13 +243,21 @@ def test_broken_remote_env_file_is_a_clear_remote_glance_failure(lab, glance_ima
     assert_no_temp_files(out, lab)
 
 
-def test_glance_failing_after_create_leaves_no_image_and_no_staged_file(lab, glance_image, migrate_on_lab, tmp_path):
+@pytest.mark.parametrize("via", ["headnode-client", "glance-cli"])
+def test_glance_failing_after_create_leaves_no_image_and_no_staged_file(lab, glance_image, migrate_on_lab, tmp_path,
+                                                                         via):
     img = glance_image()
-    wrapper = tmp_path / "glance-dies-after-create"  # the head node is this machine: it can run it
-    wrapper.write_text('#!/bin/sh\nif [ "$1" = image-create ]; then glance "$@"; '
-                       'echo "Error: connection to glance lost" >&2; exit 1; fi\nexec glance "$@"\n')
+    wrapper = tmp_path / "dies-after-create"  # the head node is this machine: it can run it
+    if via == "glance-cli":
+        wrapper.write_text('#!/bin/sh\nif [ "$1" = image-create ]; then glance "$@"; '
+                           'echo "Error: connection to glance lost" >&2; exit 1; fi\nexec glance "$@"\n')
+        overrides = {"glance_command": str(wrapper), "remote_python": ""}
+    else:  # python3 CLIENT create JSON
+        wrapper.write_text('#!/bin/sh\nif [ "$2" = create ]; then python3 "$@"; '
+                           'echo "Error: connection to glance lost" >&2; exit 1; fi\nexec python3 "$@"\n')
+        overrides = {"remote_python": str(wrapper)}
     wrapper.chmod(0o755)
-    out = migrate_on_lab(img.id, glance_command=str(wrapper))
+    out = migrate_on_lab(img.id, **overrides)
     assert out.status == "failed"
     assert out.meta["error"].endswith("failed (exit 1): Error: connection to glance lost")
     assert copies_on_b(lab, img.id) == []  # the half-made image was deleted

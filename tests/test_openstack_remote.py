@@ -3,12 +3,14 @@
 import logging
 import socket
 import subprocess
+import uuid
 
 import pytest
 
 from migratio import transfer
 from migratio.commands import Commands
-from migratio.errors import AuthError, HostKeyError, TransientError
+from migratio.errors import AuthError, HostKeyError, ImageNotFound, TransientError
+from migratio.glance_cli import RemoteGlance
 from migratio.remote import RemoteShell
 from tests.http_double import free_port
 from tests.openstack_lab import head_site
@@ -58,6 +60,25 @@ def test_exit_code_and_both_streams_even_when_large(shell):
     code, out, err = shell.run(["sh", "-c", script])
     assert code == 3
     assert (len(out), set(out), len(err), set(err)) == (3000000, {"a"}, 3000000, {"b"})
+
+
+def test_head_node_client_and_glance_cli_see_the_same_images(lab, shell, glance_image):
+    origin = {"source_uuid": str(uuid.uuid4()), "source_cs": "site-x"}
+    image = glance_image(site="site-b", properties={**origin, "note": "a | b"})
+    fast = RemoteGlance(shell, head_site(lab), "site-b")  # remote_python: python3 (the default)
+    cli = RemoteGlance(shell, head_site(lab, remote_python=""), "site-b")
+    by_api, by_cli = fast.find(origin), cli.find(origin)
+    assert [i["id"] for i in by_api] == [i["id"] for i in by_cli] == [image.id]
+    for key in ("status", "checksum", "os_hash_algo", "os_hash_value", "size", "disk_format",
+                "source_uuid", "source_cs", "note"):
+        assert str(by_api[0][key]) == str(by_cli[0][key]), key
+    assert by_api[0]["os_hash_value"] == image.os_hash_value
+    assert fast.show(image.id) == by_api[0]
+    assert fast.delete(image.id) is True
+    assert fast.find(origin) == [] and fast.delete(image.id) is False
+    with pytest.raises(ImageNotFound):
+        fast.show(image.id)
+    assert fast.python == ["python3"]  # it never fell back to the CLI
 
 
 def test_unknown_host_key_is_refused(lab, tmp_path):

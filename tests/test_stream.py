@@ -46,7 +46,8 @@ def head(tmp_path):
 
     def run(data: bytes, size: int | None = None, properties=("source_uuid=x",)):
         args = ["image-create", "--name=it's \"odd\"\n| id | nope |", *(f"--property={p}" for p in properties)]
-        line = stream.remote_line([str(glance)], args, str(staged), len(data) if size is None else size, None)
+        size = len(data) if size is None else size
+        line = stream.remote_line(stream.cli_commands([str(glance)], args, size), str(staged), size, None)
         return subprocess.run(["sh", "-c", line], input=data, capture_output=True,
                               env={**os.environ, "FAKE_DIR": str(fake)}, timeout=60)
 

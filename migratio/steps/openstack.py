@@ -207,9 +207,8 @@ def _stream(ctx: Context, payload, remote_path: str) -> str | None:
     None (nothing registered) when an earlier attempt left a partial staged copy to resume.
     """
     options, size = ctx.site.options, payload.stat().st_size
-    fields = record_fields(ctx)
-    line = stream.remote_line(shlex.split(options.glance_command), glance_cli.create_args(**fields),
-                              remote_path, size, options.remote_env_file)
+    line = stream.remote_line(_head_glance(ctx, record_fields(ctx), size), remote_path, size,
+                              options.remote_env_file)
     limit = ctx.site.limits.bandwidth_limit
     start = ctx.clock()
 
@@ -232,6 +231,16 @@ def _stream(ctx: Context, payload, remote_path: str) -> str | None:
     ctx.result = {"dest_image_id": image_id, "already_present": False}
     took = ctx.clock() - start
     return f"Image transferred ({_mib(size)} in {took:.0f} s, streamed into Glance on {ctx.site.id})"
+
+
+def _head_glance(ctx: Context, fields: dict[str, Any], size: int) -> stream.HeadGlance:
+    """migratio's Glance client on the head node when it runs there, else the glance CLI."""
+    options = ctx.site.options
+    with destination(ctx) as dest:
+        client = dest.install_client(options.staging_dir)
+    if client:
+        return stream.client_commands(shlex.split(options.remote_python), client, fields, size)
+    return stream.cli_commands(shlex.split(options.glance_command), glance_cli.create_args(**fields), size)
 
 
 def origin(ctx: Context) -> dict[str, str]:
