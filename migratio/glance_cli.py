@@ -170,7 +170,7 @@ class RemoteGlance:
                 return json.loads(out)
             except ValueError:
                 raise PermanentError(f"remote glance {op} on {self.site}: the head node's answer is not JSON") from None
-        if code == api.NOT_FOUND:
+        if code == api.NOT_FOUND and op in ("show", "delete"):  # (a 404 elsewhere is a wrong endpoint)
             raise ImageNotFound(err.strip())
         if code in (api.UNSUPPORTED, NO_COMMAND):
             self.cli_reason = _last_line(err) or "not found"

@@ -173,6 +173,7 @@ def test_without_python_or_with_cli_only_credentials_the_cli_takes_over(code, st
 def test_head_node_client_answers_are_mapped_like_the_cli_ones():
     missing = str(uuid.uuid4())
     shell = FakeShell((4, "", "HTTP 404 Not Found"), (4, "", "HTTP 404 Not Found"),
+                      (4, "", "HTTP 404 Not Found: GET http://glance:9292/wrong/v2/images"),
                       (5, "", "HTTP 503 Service Unavailable: GET http://glance:9292/v2/images"),
                       (6, "", "Unable to establish connection to http://glance:9292/v2/images: refused"),
                       (5, "", "HTTP 403 Forbidden: DELETE http://glance:9292/v2/images/x"))
@@ -180,6 +181,8 @@ def test_head_node_client_answers_are_mapped_like_the_cli_ones():
     with pytest.raises(ImageNotFound, match=f"image {missing} not found on site-b"):
         glance.show(missing)
     assert glance.delete(missing) is False
+    with pytest.raises(CommandFailed, match="remote glance image-list on site-b .* HTTP 404 Not Found: GET"):
+        glance.find({"source_uuid": missing})  # a 404 of the list: a wrong endpoint, not a missing image
     for retryable in (True, True, False):
         with pytest.raises(CommandFailed, match="remote glance image-(list|delete) on site-b") as info:
             glance.find({"source_uuid": missing}) if retryable else glance.delete(missing)

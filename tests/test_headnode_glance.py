@@ -87,7 +87,26 @@ def glance_image(name: str, **properties) -> dict:
             "schema": "/v2/schemas/image", **properties}
 
 
-class Glance:
+class Service:
+    """An HttpDouble answering from `self.route`, reached under `prefix`."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+        self.http = HttpDouble(self.route)
+
+    @property
+    def url(self) -> str:
+        return self.http.url + self.prefix
+
+    @property
+    def requests(self) -> list[Request]:
+        return self.http.requests
+
+    def close(self):
+        self.http.close()
+
+
+class Glance(Service):
     """Glance v2: GET /v2/images (property filters, paging), GET and DELETE /v2/images/<id>.
 
     Pages like Glance: the page size is min(limit, api_limit_max); a full page carries
@@ -101,16 +120,7 @@ class Glance:
         self.images = list(images)
         self.api_limit_max = api_limit_max
         self.token = token
-        self.prefix = prefix  # a path Glance is mounted under behind a proxy (it never knows it)
-        self.http = HttpDouble(self.route)
-
-    @property
-    def url(self) -> str:
-        return self.http.url + self.prefix
-
-    @property
-    def requests(self) -> list[Request]:
-        return self.http.requests
+        super().__init__(prefix)  # a path Glance is mounted under behind a proxy (it never knows it)
 
     @staticmethod
     def not_found(message: str):  # webob's JSON error body, as the lab's Glance sends it
@@ -157,14 +167,11 @@ class Glance:
             body["next"] = "/v2/images?" + urlencode({**first, "marker": page[-1]["id"]})
         return 200, body
 
-    def close(self):
-        self.http.close()
-
 
 # --------------------------------------------------------------------------- Keystone v3 double
 
 
-class Keystone:
+class Keystone(Service):
     """Keystone v3: POST {prefix}/v3/auth/tokens -> 201, X-Subject-Token, a token with a catalog.
 
     Accepts the password PASSWORD (any user), the application credential secret APP_SECRET and
@@ -173,16 +180,7 @@ class Keystone:
 
     def __init__(self, catalog: list, prefix: str = ""):
         self.catalog = catalog
-        self.prefix = prefix
-        self.http = HttpDouble(self.route)
-
-    @property
-    def url(self) -> str:
-        return self.http.url + self.prefix
-
-    @property
-    def requests(self) -> list[Request]:
-        return self.http.requests
+        super().__init__(prefix)
 
     def route(self, req: Request):
         if (req.method, req.path) != ("POST", self.prefix + "/v3/auth/tokens"):
@@ -204,9 +202,6 @@ class Keystone:
                  "is_domain": False, "roles": [{"id": "r-1", "name": "member"}],
                  "catalog": self.catalog}
         return 201, {"token": token}, {"X-Subject-Token": ISSUED_TOKEN, "Vary": "X-Auth-Token"}
-
-    def close(self):
-        self.http.close()
 
 
 def endpoint(interface: str, region: str, url: str) -> dict:
