@@ -37,11 +37,14 @@ class Abandoned:
     why: str
 
 
+def pid_alive(pid: int) -> bool:
+    return process_start(pid) is not None
+
+
 def find_abandoned(queue: Queue, host: str | None = None,
-                   alive: Callable[[int], bool] | None = None) -> list[Abandoned]:
+                   alive: Callable[[int], bool] = pid_alive) -> list[Abandoned]:
     """Executions in the queue's StartedJobRegistry whose worker is certainly gone."""
     host = host or socket.gethostname()
-    alive = alive or (lambda pid: process_start(pid) is not None)
     registry = StartedJobRegistry(queue.name, connection=queue.connection)
     found = []
     for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
@@ -55,7 +58,7 @@ def find_abandoned(queue: Queue, host: str | None = None,
 
 
 def recover_abandoned(queue: Queue, config_name: str, status: StatusSink | None = None,
-                      host: str | None = None, alive: Callable[[int], bool] | None = None) -> list[str]:
+                      host: str | None = None, alive: Callable[[int], bool] = pid_alive) -> list[str]:
     """Hand the abandoned jobs of `queue` to RQ's cleanup now; returns their ids."""
     abandoned = find_abandoned(queue, host, alive)
     if not abandoned:
@@ -75,10 +78,9 @@ return 0
 
 
 def free_dead_scheduler_lock(queue: Queue, host: str | None = None,
-                             alive: Callable[[int], bool] | None = None) -> bool:
+                             alive: Callable[[int], bool] = pid_alive) -> bool:
     """Delete the queue's scheduler lock if its holder ran on this host and is gone."""
     host = host or socket.gethostname()
-    alive = alive or (lambda pid: process_start(pid) is not None)
     key = RQScheduler.get_locking_key(queue.name)
     holder = queue.connection.get(key)
     if not holder:

@@ -10,37 +10,23 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Callable
 
 from labservices import HOST, RedisServer, redis_ping
+from tests import gatestep
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 120, worker: "Worker | None" = None,
-             interval: float = 0.05):
-    """Poll until predicate() is truthy (returns it); fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if worker is not None and worker.proc.poll() is not None:
-            raise AssertionError(f"worker exited ({worker.proc.returncode}) while waiting for {what}:\n"
-                                 f"{worker.stderr[-6000:]}")
-        if time.monotonic() > deadline:
-            extra = f"\nworker stderr:\n{worker.stderr[-6000:]}" if worker is not None else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
-        time.sleep(interval)
+# gatestep's wait_for, with twice its default timeout: the fault tests restart whole workers
+wait_for = functools.partial(gatestep.wait_for, timeout=120)
 
 
 # -- Redis
@@ -59,11 +45,8 @@ class FaultRedis(RedisServer):
     def url(self) -> str:
         return f"redis://:{self.password}@{HOST}:{self.port}/0"
 
-    def command(self) -> list[str]:
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        return [exe, "--bind", HOST, "--port", str(self.port), "--dir", str(self.dir),
-                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
-                "--requirepass", self.password, "--logfile", ""]
+    def options(self) -> list[str]:
+        return ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--requirepass", self.password]
 
     def healthy(self) -> bool:
         try:

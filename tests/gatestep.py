@@ -101,18 +101,21 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
 
 
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60, proc=None):
-    """Poll until predicate() is truthy (returns it); fail with `what` after `timeout` seconds."""
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60, proc=None, interval: float = 0.05):
+    """Poll until predicate() is truthy (returns it); fail naming `what` after `timeout` seconds,
+    or as soon as `proc` (a worker process with `.proc` and `.stderr`) has exited."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if proc is not None and proc.proc.poll() is not None:
-            raise AssertionError(f"worker exited ({proc.proc.returncode}) while waiting for {what}:\n{proc.stderr}")
+            raise AssertionError(f"worker exited ({proc.proc.returncode}) while waiting for {what}:\n"
+                                 f"{proc.stderr[-6000:]}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+            extra = f"\nworker stderr:\n{proc.stderr[-6000:]}" if proc is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
+        time.sleep(interval)
 
 if __name__ == "__main__":
     main()

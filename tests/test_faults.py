@@ -139,7 +139,7 @@ class Env:
 
     def wait_ended(self, job_id: str, worker: Worker | None = None, timeout: float = 240) -> str:
         return wait_for(lambda: self.status(job_id) in ("finished", "failed") and self.status(job_id),
-                        f"job {job_id} to end", timeout=timeout, worker=worker)
+                        f"job {job_id} to end", timeout=timeout, proc=worker)
 
     def feedback(self, image_id: str | None = None) -> list[str]:
         """Status lines in Atmosphere's feedback queue, oldest first."""
@@ -183,6 +183,17 @@ def progressed(env: Env, job_id: str, step: str, fraction: float, total: int):
     return meta.get("step") == step and (meta.get("bytes_done") or 0) >= fraction * total
 
 
+def transfer_under_way(env: Env, img, fraction: float, **site_b):
+    """(worker, job): a migration on a fresh worker, capped at 1 MiB/s so that it lasts, once
+    `fraction` of it was transferred. `site_b`: more site conf keys."""
+    env.configure(site_b={"bandwidth_limit": 1024, **site_b})  # KiB/s: a few seconds of transfer
+    worker = env.worker()
+    job = env.enqueue(img.id)
+    wait_for(lambda: progressed(env, job.id, "transfer", fraction, img.size), f"{fraction:.0%} transferred",
+             proc=worker)
+    return worker, job
+
+
 def only_active_copy(env: Env, img) -> dict:
     copies = env.copies(img.id)
     assert [c["status"] for c in copies] == ["active"], copies
@@ -202,10 +213,7 @@ def test_worker_killed_mid_transfer_resumes_from_the_partial_file(env, glance_im
     at once, takes over the dead job's lock, the half-made image is deleted, and rsync resumes
     from the partial file on the head node; one image at the destination."""
     img = glance_image(data_mib=8)
-    env.configure(site_b={"bandwidth_limit": 1024, "stream": stream})  # KiB/s: ~8 s of transfer
-    first = env.worker()
-    job = env.enqueue(img.id)
-    wait_for(lambda: progressed(env, job.id, "transfer", 0.5, img.size), "50% transferred", worker=first)
+    first, job = transfer_under_way(env, img, 0.5, stream=stream)  # ~8 s of transfer
     half_made = [c["id"] for c in env.copies(img.id)] if stream else []
     assert len(half_made) == int(stream)  # streamed: the record exists and is being uploaded
 
@@ -247,7 +255,7 @@ def test_work_horse_killed_mid_transfer_is_retried_by_its_worker(env, glance_ima
     worker = env.worker()
     job = env.enqueue(img.id)
     wait_for(lambda: progressed(env, job.id, "transfer", 0.4, img.size) and worker.running("ssh"),
-             "40% transferred", worker=worker)
+             "40% transferred", proc=worker)
     horse = worker.parent_of(worker.running("ssh")[0])
     os.kill(horse, 9)
     wait_for(env.proxy.idle, "the cut connections to close")
@@ -314,7 +322,7 @@ def test_worker_killed_mid_register_leaves_one_active_image(env, glance_image, t
 def _kill_mid_register(env, img, state):
     first = env.worker()
     job = env.enqueue(img.id)
-    wait_for(lambda: (state / "half").exists() and env.copies(img.id), "the upload to stop half-way", worker=first)
+    wait_for(lambda: (state / "half").exists() and env.copies(img.id), "the upload to stop half-way", proc=first)
     remote_pid = int((state / "half").read_text())
     half_made = env.copies(img.id)
     assert [c["status"] for c in half_made] == ["saving"]
@@ -341,10 +349,7 @@ def _kill_mid_register(env, img, state):
 @pytest.mark.lab
 def test_sigterm_lets_the_running_migration_finish(env, glance_image):
     img = glance_image(data_mib=6)
-    env.configure(site_b={"bandwidth_limit": 1024})
-    worker = env.worker()
-    job = env.enqueue(img.id)
-    wait_for(lambda: progressed(env, job.id, "transfer", 0.2, img.size), "20% transferred", worker=worker)
+    worker, job = transfer_under_way(env, img, 0.2)
     worker.terminate()
     assert worker.wait(timeout=240) == 0, worker.stderr  # warm shutdown: after the job
     assert "warm shut down requested" in worker.stderr
@@ -361,12 +366,9 @@ def test_second_sigterm_requeues_the_job_and_the_next_worker_resumes_it(env, gla
     """SIGTERM twice (a cold shutdown): the work-horse is killed, the job is handed back when a
     worker starts again and resumes; no status line says it failed."""
     img = glance_image(data_mib=8)
-    env.configure(site_b={"bandwidth_limit": 1024})
-    worker = env.worker()
-    job = env.enqueue(img.id)
-    wait_for(lambda: progressed(env, job.id, "transfer", 0.4, img.size), "40% transferred", worker=worker)
+    worker, job = transfer_under_way(env, img, 0.4)
     worker.terminate()
-    wait_for(lambda: "warm shut down requested" in worker.stderr, "the warm shutdown", worker=worker)
+    wait_for(lambda: "warm shut down requested" in worker.stderr, "the warm shutdown", proc=worker)
 
     def cold():  # RQ ignores a second signal within 1 s of the first: repeat until it took
         if worker.proc.poll() is None:
@@ -399,16 +401,13 @@ def test_redis_restart_mid_job(env, glance_image):
     (a buffered status line, a missed heartbeat): the job still finishes, its outcome is
     recorded once Redis is back, and Atmosphere gets every status line, in order."""
     img = glance_image(data_mib=6)
-    env.configure(site_b={"bandwidth_limit": 1024})
-    worker = env.worker()
-    job = env.enqueue(img.id)
-    wait_for(lambda: progressed(env, job.id, "transfer", 0.2, img.size), "20% transferred", worker=worker)
+    worker, job = transfer_under_way(env, img, 0.2)
 
     env.fault_redis.stop()
     wait_for(lambda: "feedback: cannot push status lines" in worker.stderr, "a status line to be buffered",
-             worker=worker)
+             proc=worker)
     wait_for(lambda: f"heartbeat for job {job.id} not sent" in worker.stderr,
-             "the worker to miss a heartbeat", worker=worker, timeout=90)
+             "the worker to miss a heartbeat", proc=worker, timeout=90)
     env.fault_redis.start()
 
     assert env.wait_ended(job.id, worker) == "finished", env.job_log(job.id)
@@ -419,7 +418,7 @@ def test_redis_restart_mid_job(env, glance_image):
     assert env.feedback(img.id) == env.logged_status_lines(job.id)  # none lost, none reordered
     assert worker.proc.poll() is None  # the worker lived through it and goes on
     wait_for(lambda: worker.stderr.count("Scheduler for migration_site-a started") >= 2,
-             "RQ's scheduler to be restarted", worker=worker, timeout=150)  # it died with Redis; retries need it
+             "RQ's scheduler to be restarted", proc=worker, timeout=150)  # it died with Redis; retries need it
     second = glance_image(data_mib=1)
     assert env.wait_ended(env.enqueue(second.id).id, worker) == "finished"
 
@@ -705,14 +704,11 @@ def test_link_drop_mid_transfer_is_retried_and_resumes(env, glance_image):
     """The TCP link under rsync is cut: a transient failure, the partial file is kept (not the
     cleanup of a final failure) and the retry resumes from it."""
     img = glance_image(data_mib=8)
-    env.configure(site_b={"bandwidth_limit": 1024})
-    worker = env.worker()
-    job = env.enqueue(img.id)
-    wait_for(lambda: progressed(env, job.id, "transfer", 0.4, img.size), "40% transferred", worker=worker)
+    worker, job = transfer_under_way(env, img, 0.4)
     before = env.uploaded()
     assert env.proxy.drop() >= 1
     wait_for(lambda: any(ln.startswith("Migration attempt failed, will retry: ") for ln in env.feedback(img.id)),
-             "the transient failure", worker=worker)
+             "the transient failure", proc=worker)
     assert env.wait_ended(job.id, worker) == "finished", env.job_log(job.id)
     assert env.uploaded() - before < img.size * 0.75
     only_active_copy(env, img)
@@ -791,7 +787,7 @@ def test_worker_start_removes_temp_dirs_of_jobs_that_no_longer_run(tmp_path, fau
     rclient.sadd("rq:queues", f"rq:queue:{config.queue_name}")
     worker = Worker(tmp_path / "config.yml", tmp_path / "worker.err")
     try:
-        wait_for(lambda: not (work / "dead-job-2").exists(), "the stale dirs to go", worker=worker, timeout=60)
+        wait_for(lambda: not (work / "dead-job-2").exists(), "the stale dirs to go", proc=worker, timeout=60)
         assert sorted(p.name for p in work.iterdir()) == ["not a job", "note.txt", "running-job"]
         assert "removed stale temp dir" in worker.stderr
     finally:

@@ -247,9 +247,12 @@ class RedisServer(Service):
 
     def command(self) -> list[str]:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        return [exe, "--bind", HOST, "--port", str(self.port), "--dir", str(self.dir),
-                "--save", "", "--appendonly", "no", "--daemonize", "no",
-                "--protected-mode", "no", "--logfile", ""]
+        return [exe, "--bind", HOST, "--port", str(self.port), "--dir", str(self.dir), "--daemonize", "no",
+                "--logfile", "", *self.options()]
+
+    def options(self) -> list[str]:
+        """Persistence and access: no saving, no password."""
+        return ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
 
     def healthy(self) -> bool:
         return redis_ping(HOST, self.port)
