@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from .aws_clients import AwsClients, error_code, wait_for
 from .errors import MigrationError, PermanentError, TransientError
 from .sites import AwsSite
+from .steps.common import SOURCE_CS, SOURCE_SITE_KEYS, SOURCE_T, SOURCE_UUID
 
 # Glance `architecture` property values -> EC2 architectures.
 ARCHITECTURES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64",
@@ -22,9 +23,15 @@ class AmiFailed(PermanentError):
 
 
 def source_tags(image_id: str, source_site: str, image_name: str) -> list[dict[str, str]]:
-    """The old tool's tags: source_cs, source_uuid and Name = <image name>-<uuid>."""
-    return [{"Key": "source_cs", "Value": source_site}, {"Key": "source_uuid", "Value": image_id},
-            {"Key": "Name", "Value": f"{image_name}-{image_id}"[-256:]}]
+    """source_t and source_uuid (what Atmosphere reads), source_cs (the old tool's name for source_t)
+    and Name = <image name>-<uuid>."""
+    return [{"Key": SOURCE_T, "Value": source_site}, {"Key": SOURCE_UUID, "Value": image_id},
+            {"Key": SOURCE_CS, "Value": source_site}, {"Key": "Name", "Value": f"{image_name}-{image_id}"[-256:]}]
+
+
+def is_copy(tags: dict[str, str], image_id: str, source_site: str) -> bool:
+    """Tagged as a copy of this image from this site: by source_t, or source_cs alone (older copies)."""
+    return tags.get(SOURCE_UUID) == image_id and any(tags.get(k) == source_site for k in SOURCE_SITE_KEYS)
 
 
 def ami_name(image_name: str, image_id: str) -> str:
@@ -99,7 +106,7 @@ def _ours_by_name(aws: AwsClients, request: dict[str, Any]) -> str | None:
     except MigrationError:
         return None
     for image in images:
-        if all(_tags(image).get(k) == wanted[k] for k in ("source_cs", "source_uuid")):
+        if is_copy(_tags(image), wanted[SOURCE_UUID], wanted[SOURCE_T]):
             return image["ImageId"]
     return None
 
@@ -109,10 +116,14 @@ def by_name(aws: AwsClients, name: str) -> list[dict[str, Any]]:
 
 
 def by_source(aws: AwsClients, image_id: str, source_site: str) -> list[dict[str, Any]]:
-    """Our AMIs tagged with this source image and site, newest first."""
-    filters = [{"Name": "tag:source_uuid", "Values": [image_id]}, {"Name": "tag:source_cs", "Values": [source_site]}]
+    """Our AMIs tagged with this source image and site, newest first.
+
+    One DescribeImages on tag:source_uuid; the site is checked here (source_t, or source_cs alone on
+    AMIs of older migratio versions and the old tool), as EC2 filters cannot say "either tag"."""
+    filters = [{"Name": f"tag:{SOURCE_UUID}", "Values": [image_id]}]
     images = aws.ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
-    return sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)
+    ours = [i for i in images if is_copy(_tags(i), image_id, source_site)]
+    return sorted(ours, key=lambda i: i.get("CreationDate", ""), reverse=True)
 
 
 def describe(aws: AwsClients, ami: str) -> dict[str, Any] | None:

@@ -79,7 +79,7 @@ def worker(state: State, burst: bool, name: str | None) -> None:
     Exit codes: 0 after a warm shutdown (SIGTERM: the running job ends first), 78 on a
     configuration error (systemd does not restart it), 1 on other errors (e.g. Redis down).
     """
-    from .worker import build_app, run_worker
+    from .worker import RedisTooOld, build_app, run_worker
 
     try:
         config = state.config(name)
@@ -89,7 +89,12 @@ def worker(state: State, burst: bool, name: str | None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EX_CONFIG)
     setup_logging(config.log_dir, "DEBUG" if state.debug else config.log_level, state.redact)
-    app = build_app(config, state.redis(config), redact=state.redact)
+    try:
+        client = state.redis(config)
+    except RedisTooOld as exc:  # a deployment problem: restarting cannot help
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EX_CONFIG)
+    app = build_app(config, client, redact=state.redact)
     run_worker(app, burst=burst)
 
 
@@ -97,13 +102,16 @@ def worker(state: State, burst: bool, name: str | None) -> None:
 @click.argument("image_uuid")
 @click.argument("dest_site")
 @click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+@click.option("--feedback", is_flag=True,
+              help="Send its status lines to Atmosphere too (only for images Atmosphere knows).")
 @click.pass_obj
-def migrate(state: State, image_uuid: str, dest_site: str, wait: bool) -> None:
+def migrate(state: State, image_uuid: str, dest_site: str, wait: bool, feedback: bool) -> None:
     """Enqueue the migration of IMAGE_UUID to DEST_SITE."""
     config = state.config()
     image_id = ids.image_id(image_uuid)
     site = sites.load_site(config.sites_dir, dest_site)  # an unknown or broken site fails here, not later
-    job = enqueue_migration(migration_queue(config, state.redis(config)), config, image_id, dest_site, site=site)
+    job = enqueue_migration(migration_queue(config, state.redis(config)), config, image_id, dest_site, site=site,
+                            feedback=feedback)
     click.echo(f"enqueued job {job.id}: migrate {image_id} to {dest_site}")
     if wait:
         sys.exit(_wait(job))

@@ -31,6 +31,7 @@ class Config:
     retries: int = 3
     retry_intervals: list[int] = field(default_factory=lambda: [60, 300, 900])
     lock_ttl: int = 3600
+    feedback_interval: float = 2.0  # seconds between two status lines of one migration to Atmosphere
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
@@ -77,6 +78,8 @@ def _check(config: Config, path: Path) -> None:
     for key in ("job_timeout", "result_ttl", "failure_ttl", "lock_ttl"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{path}: key '{key}' must be a positive number of seconds")
+    if not 0 <= config.feedback_interval <= 60:
+        raise ConfigError(f"{path}: key 'feedback_interval' must be between 0 and 60 seconds")
     if config.retries < 0 or any(i < 0 for i in config.retry_intervals):
         raise ConfigError(f"{path}: keys 'retries' and 'retry_intervals' must not be negative")
 

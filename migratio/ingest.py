@@ -46,7 +46,7 @@ from .errors import ConfigError, MigratioError
 from .queue import enqueue_migration
 from .sidekiq import BadPayload, MigrationRequest, key, parse_migration, queue_key
 from .sites import load_site, site_path
-from .status import JobInfo, StatusSink
+from .status import REJECTED, JobInfo, StatusSink
 
 log = logging.getLogger("migratio.ingest")
 
@@ -283,9 +283,9 @@ class Ingest:
         log.warning("ingest: rejected a job from %s (moved to %s): %s; payload: %s",
                     self.keys.source, self.keys.dead, exc, _short(text))
         if self.feedback and exc.image and exc.dest:
-            info = JobInfo(JOB_PREFIX + (exc.jid or "?"), exc.image, self.config.name, exc.dest)
+            info = JobInfo(JOB_PREFIX + (exc.jid or "?"), exc.image, self.config.name, exc.dest, feedback=True)
             try:
-                self.feedback.emit(info, f"Migration rejected: {exc.brief}")
+                self.feedback.emit(info, f"{REJECTED}: {exc.brief}")
             except Exception as err:  # feedback is best effort
                 log.warning("ingest: could not send the rejection to Atmosphere: %s", err)
         return "dead"

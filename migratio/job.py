@@ -5,6 +5,7 @@ from typing import Any
 from rq import get_current_job
 
 from .errors import MigratioError
+from .feedback import wants_feedback
 from .locks import LockBusy
 from .logs import job_log
 from .migration import App, run_migration
@@ -26,7 +27,7 @@ def migrate(image_uuid: str, destination_site: str) -> dict[str, Any]:
     with job_log(app.config.log_dir, job.id, app.redact):  # log/jobs/<job_id>.log
         try:
             return run_migration(app, job.id, image_uuid, destination_site, RqMeta(job),
-                                 retries_left=job.retries_left or 0)
+                                 retries_left=job.retries_left or 0, feedback=wants_feedback(job.meta))
         except LockBusy:
             if job.retries_left:
                 job.retries_left += 1  # waiting for another job is not a failed attempt

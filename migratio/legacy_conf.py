@@ -9,6 +9,11 @@ Mapping (documented in README "Site confs"):
     AWS_REGION     -> region        (type: aws)
     EC2_URL        -> endpoint_url
     S3_BUCKET      -> bucket
+
+An openstack conf also gets `remote_env_file: ~/.creds`: the old tool ran `. ~/.creds` on the
+head node before every glance command (the format has no variable for another file).
+The old AWS_ACCESS_KEY / AWS_SECRET_KEY are not taken from a site conf (a warning names them,
+never their values): boto3 reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile.
 """
 
 import logging
@@ -24,6 +29,8 @@ LINE_RE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 OPENSTACK = {"EXTERNAL_HOST": "host", "EXTERNAL_USER": "user", "EXTERNAL_PORT": "port", "EXTERNAL_KEY": "key_file"}
 AWS = {"AWS_REGION": "region", "EC2_URL": "endpoint_url", "S3_BUCKET": "bucket"}
 INTEGERS = {"port"}
+LEGACY_ENV_FILE = "~/.creds"  # sourced by the old tool on the head node; "~/" is the remote user's home
+AWS_KEYS = {"AWS_ACCESS_KEY": "AWS_ACCESS_KEY_ID", "AWS_SECRET_KEY": "AWS_SECRET_ACCESS_KEY"}
 
 
 def looks_legacy(text: str) -> bool:
@@ -34,7 +41,7 @@ def looks_legacy(text: str) -> bool:
 def parse(text: str, path: Path) -> dict:
     variables = _variables(text, path)
     if OPENSTACK.keys() & variables.keys():
-        data = {"type": "openstack", **_mapped(variables, OPENSTACK, path)}
+        data = {"type": "openstack", "remote_env_file": LEGACY_ENV_FILE, **_mapped(variables, OPENSTACK, path)}
     elif AWS.keys() & variables.keys():
         data = {"type": "aws", **_mapped(variables, AWS, path)}
     else:
@@ -60,7 +67,11 @@ def _mapped(variables: dict[str, str], mapping: dict[str, str], path: Path) -> d
     data = {}
     for name, value in variables.items():
         key = mapping.get(name)
-        if key is None:
+        if name in AWS_KEYS:  # the name only: the value is a secret
+            log.warning("%s: legacy variable %s is not used by migratio: set %s in the worker's "
+                        "environment (e.g. /etc/migratio/migratio.env) or use an AWS profile",
+                        path, name, AWS_KEYS[name])
+        elif key is None:
             log.warning("%s: legacy variable %s is not used by migratio", path, name)
         elif key in INTEGERS:
             if not value.isdigit():

@@ -15,7 +15,7 @@ from .pipeline import Context, run_pipeline
 from .redact import Redactor
 from .services import Services
 from .sites import load_site
-from .status import JobInfo, Meta, StatusSink
+from .status import ALREADY_PRESENT, FAILED, FINISHED, WAITING, WILL_RETRY, JobInfo, Meta, StatusSink
 from .steps import build_steps
 from .workdirs import job_dir
 
@@ -35,13 +35,16 @@ class App:
 
 
 def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta,
-                  retries_left: int = 0) -> dict[str, Any]:
-    """Run one migration; raises MigratioError (with `retryable`) on failure, after reporting it."""
-    info = JobInfo(job_id, str(image), app.config.name, str(dest))
+                  retries_left: int = 0, feedback: bool = False) -> dict[str, Any]:
+    """Run one migration; raises MigratioError (with `retryable`) on failure, after reporting it.
+
+    With `feedback`, its status lines go to Atmosphere too (see migratio.feedback).
+    """
+    info = JobInfo(job_id, str(image), app.config.name, str(dest), feedback)
     try:
         image_id, site = ids.image_id(image), load_site(app.config.sites_dir, str(dest))
         steps = app.steps_for(site)
-        info = JobInfo(job_id, image_id, app.config.name, site.id)
+        info = JobInfo(job_id, image_id, app.config.name, site.id, feedback)
         with MigrationLock(app.redis, app.config.namespace, image_id, site.id, app.config.lock_ttl):
             result = _run(app, info, site, steps, meta, retries_left)
     except LockBusy as exc:
@@ -76,9 +79,9 @@ def _report_failure(app: App, info: JobInfo, meta: Meta, reason: str, retrying: 
     reason = app.redact(reason)  # job meta and status lines never carry a secret
     state = ("waiting" if waiting else "retrying") if retrying else "failed"
     meta.update(state=state, error=reason)
-    prefix = "Migration attempt failed, will retry" if retrying else "Migration failed"
+    prefix = WILL_RETRY if retrying else FAILED
     if waiting and retrying:
-        prefix = "Waiting"
+        prefix = WAITING
     log.log(logging.INFO if waiting else logging.ERROR, "job=%s %s: %s", info.job_id, prefix.lower(), reason)
     app.status.emit(info, f"{prefix}: {reason}")
 
@@ -86,5 +89,5 @@ def _report_failure(app: App, info: JobInfo, meta: Meta, reason: str, retrying: 
 def _final_line(result: dict[str, Any], site_id: str) -> str:
     image = result.get("dest_image_id", "?")
     if result.get("already_present"):
-        return f"Image already present on {site_id} as {image}"
-    return f"Migration finished: image {image} on {site_id} verified"
+        return f"{ALREADY_PRESENT} on {site_id} as {image}"
+    return f"{FINISHED}: image {image} on {site_id} verified"

@@ -33,8 +33,12 @@ def rate_limit_key(config: Config, site_id: str) -> str:
 
 
 def enqueue_migration(queue: Queue, config: Config, image_id: str, dest: str,
-                      job_id: str | None = None, meta: dict | None = None, site: Site | None = None) -> Job:
+                      job_id: str | None = None, meta: dict | None = None, site: Site | None = None,
+                      feedback: bool = False) -> Job:
     """Enqueue migrate(image_id, dest); ids are validated first, so nothing bad is ever queued.
+
+    Jobs with `meta` source "atmosphere" (the ingest's) or with `feedback` report their status
+    lines to Atmosphere.
 
     With the destination's `max_concurrent` set, the job waits in RQ's rate-limit registry
     (status `rate_limited`) until fewer than that many jobs to the site are queued or running.
@@ -53,7 +57,8 @@ def enqueue_migration(queue: Queue, config: Config, image_id: str, dest: str,
         failure_ttl=config.failure_ttl,
         rate_limit=site_rate_limit(config, site) if site else None,
         description=f"migrate {image_id} to {dest}",
-        meta={"state": "queued", "image_id": image_id, "dest": dest, **(meta or {})},
+        meta={"state": "queued", "image_id": image_id, "dest": dest, **({"feedback": True} if feedback else {}),
+              **(meta or {})},
     )
 
 

@@ -25,7 +25,8 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 
 from .locks import process_start
-from .status import JobInfo, StatusSink
+from .feedback import wants_feedback
+from .status import FAILED, INTERRUPTED, JobInfo, StatusSink
 
 log = logging.getLogger("migratio.recovery")
 
@@ -119,9 +120,10 @@ def _note(redis: Redis, item: Abandoned, config_name: str, status: StatusSink | 
                     error=f"interrupted: the worker running it stopped ({item.why})")
     job.save_meta()
     if status is not None:
-        info = JobInfo(job.id, str(job.meta.get("image_id", "?")), config_name, str(job.meta.get("dest", "?")))
-        status.emit(info, "Migration interrupted (its worker stopped); it will resume" if retrying else
-                    "Migration failed: its worker stopped and no retries are left")
+        info = JobInfo(job.id, str(job.meta.get("image_id", "?")), config_name, str(job.meta.get("dest", "?")),
+                       wants_feedback(job.meta))
+        status.emit(info, f"{INTERRUPTED} (its worker stopped); it will resume" if retrying else
+                    f"{FAILED}: its worker stopped and no retries are left")
 
 
 def _worker_of(redis: Redis, job_id: str, execution_id: str) -> str:

@@ -29,10 +29,25 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+HOME_PREFIXES = ("~/", "$HOME/", "${HOME}/")  # expanded by the remote shell, not here
+
+
+def source_env_file(env_file: str) -> str:
+    """The remote shell words that source env_file (the one place this is rendered).
+
+    A leading `~/`, `$HOME/` or `${HOME}/` becomes the remote user's `"$HOME"/` (the old tool's
+    `. ~/.creds`); the rest of the path is always one shlex-quoted word, never shell syntax.
+    """
+    for prefix in HOME_PREFIXES:
+        if env_file.startswith(prefix):
+            return f'. "$HOME"/{shlex.quote(env_file[len(prefix):])}'
+    return f". {shlex.quote(env_file)}"
+
+
 def command_line(argv: Sequence[str], env_file: str | None = None) -> str:
     """The remote shell line for argv: every argument quoted, `. ENV_FILE &&` first if given."""
     line = " ".join(shlex.quote(str(a)) for a in argv)
-    return f". {shlex.quote(env_file)} && {line}" if env_file else line
+    return f"{source_env_file(env_file)} && {line}" if env_file else line
 
 
 class _RejectUnknown(paramiko.RejectPolicy):

@@ -14,6 +14,23 @@ class JobInfo:
     image_id: str
     source_site: str
     dest_site: str
+    feedback: bool = False  # its lines go to Atmosphere (a job Atmosphere pushed, or --feedback)
+
+
+# The first words of the line that ends an attempt: Atmosphere's page must end on it, so the
+# feedback pacing never drops one (see migratio.feedback).
+FINISHED = "Migration finished"
+ALREADY_PRESENT = "Image already present"
+FAILED = "Migration failed"
+REJECTED = "Migration rejected"
+WILL_RETRY = "Migration attempt failed, will retry"
+INTERRUPTED = "Migration interrupted"
+WAITING = "Waiting"
+FINAL_PREFIXES = (FINISHED, ALREADY_PRESENT, FAILED, REJECTED, WILL_RETRY, INTERRUPTED, WAITING + ":")
+
+
+def is_final(text: str) -> bool:
+    return text.startswith(FINAL_PREFIXES)
 
 
 class StatusSink(Protocol):

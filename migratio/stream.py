@@ -23,7 +23,7 @@ from typing import BinaryIO, Callable, Sequence
 from . import ids
 from .errors import InvalidInput, MigrationError, TransientError
 from .glance_cli import parse_show, remote_failure
-from .remote import address
+from .remote import address, source_env_file
 from .transfer import failure as ssh_failure, ssh_command
 
 CHUNK = 1024 * 1024
@@ -88,7 +88,7 @@ def remote_line(glance: HeadGlance, staged: str, size: int, env_file: str | None
         f"rm -f -- {staged_q}",
     ]
     body = "; ".join(steps)
-    return f". {q(env_file)} && {{ {body}; }}" if env_file else f"{{ {body}; }}"
+    return f"{source_env_file(env_file)} && {{ {body}; }}" if env_file else f"{{ {body}; }}"
 
 
 def _words(argv: Sequence[str]) -> str:

@@ -12,8 +12,8 @@ from rq import Worker
 from rq.registry import StartedJobRegistry
 
 from .config import Config
-from .errors import MigratioError
-from .feedback import FeedbackSink, feedback_client
+from .errors import ConfigError, MigratioError
+from .feedback import FeedbackRelay, FeedbackSink, feedback_client
 from .ingest import Ingest, ingest_client
 from .job import bind_app
 from .migration import App
@@ -29,21 +29,54 @@ log = logging.getLogger("migratio.worker")
 INGEST_BLOCK = 2.0  # seconds ingest blocks on Atmosphere's queue between checks for shutdown
 FEEDBACK_FLUSH = 30.0  # seconds a work-horse keeps retrying undelivered status lines before exiting
 REDIS_OUTAGE_WAIT = 600.0  # seconds a work-horse waits for Redis to come back to record a job's outcome
+MIN_REDIS = (6, 2)  # BLMOVE/LMOVE: RQ 3 and the ingest
+NEEDED_COMMANDS = ("blmove", "lmove")
 
 
 class RedisUnavailable(MigratioError):
     pass
 
 
+class RedisTooOld(ConfigError):
+    """The Redis server lacks what RQ 3 and the ingest use: restarting cannot help."""
+
+
 def connect(config: Config, redact: Redactor) -> redis.Redis:
-    """A Redis client that answered PING; one clear error if it does not."""
+    """A Redis client that answered PING and can run migratio; one clear error if not."""
     client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=5, health_check_interval=30,
                                   retry_on_timeout=True)
+    where = redact(config.redis_url)
     try:
         client.ping()
+        require_redis(client, where)
     except redis.RedisError as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {redact(config.redis_url)}: {exc}") from None
+        raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}") from None
     return client
+
+
+def require_redis(client: redis.Redis, where: str) -> str:
+    """The server's version; RedisTooOld unless it is >= 6.2 with BLMOVE and LMOVE enabled."""
+    version = str(client.info("server").get("redis_version", "0"))
+    numbers = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
+    need = ".".join(map(str, MIN_REDIS))
+    if numbers < MIN_REDIS:
+        raise RedisTooOld(f"Redis at {where} is version {version}; migratio needs Redis >= {need} "
+                          f"(BLMOVE/LMOVE, used by RQ 3 and the Atmosphere ingest)")
+    missing = [c.upper() for c in NEEDED_COMMANDS if not _has_command(client, c)]
+    if missing:
+        raise RedisTooOld(f"Redis at {where} (version {version}) has no {' and no '.join(missing)} command "
+                          f"(renamed or disabled with rename-command); migratio needs it (Redis >= {need})")
+    return version
+
+
+def _has_command(client: redis.Redis, name: str) -> bool:
+    """Asked without arguments, a known command says so ("wrong number of arguments"), and
+    does nothing; a renamed or disabled one is unknown."""
+    try:
+        client.execute_command(name.upper())
+    except redis.ResponseError as exc:
+        return "unknown command" not in str(exc).lower()
+    return True
 
 
 def build_app(config: Config, client: redis.Redis, services: Services | None = None,
@@ -53,8 +86,13 @@ def build_app(config: Config, client: redis.Redis, services: Services | None = N
     services = services or default_services(config, environ)
     redact = redact or Redactor()
     if feedback:
-        sinks = (FeedbackSink(feedback_client(config.redis_url), config.namespace, redact), *sinks)
+        sinks = (feedback_sink(config, redact), *sinks)
     return App(config, client, services, FanOut(LogSink(), *sinks), redact=redact)
+
+
+def feedback_sink(config: Config, redact: Redactor) -> FeedbackSink:
+    return FeedbackSink(feedback_client(config.redis_url), config.namespace, redact,
+                        interval=config.feedback_interval)
 
 
 class MigratioWorker(Worker):
@@ -123,10 +161,25 @@ def run_worker(app: App, burst: bool = False, worker_class: type[Worker] = Migra
         worker.after_job = lambda: flush_status(app.status, FEEDBACK_FLUSH)
         worker.revive_scheduler = not burst
     log.info("worker %s (pid %s) consuming %s", worker.name, os.getpid(), queue.name)
-    if not ingest:
-        return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
-    with ingesting(app, burst):
-        return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
+    with relaying(app.config):
+        if not ingest:
+            return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
+        with ingesting(app, burst):
+            return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
+
+
+@contextmanager
+def relaying(config: Config) -> Iterator[FeedbackRelay]:
+    """The feedback relay as a thread of this (main) process: work-horses never wait for the
+    feedback interval; lines that wait are sent from here (see migratio.feedback)."""
+    client = feedback_client(config.redis_url)
+    relay = FeedbackRelay(client, config.namespace, config.feedback_interval)
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop(timeout=2 * config.feedback_interval + 5)
+        client.close()
 
 
 @contextmanager
@@ -134,7 +187,7 @@ def ingesting(app: App, burst: bool) -> Iterator[Ingest]:
     """Ingest running for the duration (its own Redis connections: it runs beside RQ's forks)."""
     config = app.config
     client = ingest_client(config.redis_url, INGEST_BLOCK)
-    feedback = FeedbackSink(feedback_client(config.redis_url), config.namespace, app.redact)
+    feedback = feedback_sink(config, app.redact)
     ingest = Ingest(client, config, migration_queue(config, client), feedback, block=INGEST_BLOCK)
     stop, thread = threading.Event(), None
     try:

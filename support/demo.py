@@ -72,7 +72,8 @@ def show_result(lab, source: dict) -> int:
     copy = found[0]
     same = copy["os_hash_value"] == source["os_hash_value"]
     print(f"== site-b image {copy['id']} ({copy['name']}), status {copy['status']}")
-    print(f"   source_uuid={copy.get('source_uuid')} source_cs={copy.get('source_cs')}")
+    print(f"   source_t={copy.get('source_t')} source_uuid={copy.get('source_uuid')} "
+          f"source_cs={copy.get('source_cs')}")
     print(f"   sha512 {copy['os_hash_value'][:32]}... {'matches' if same else 'DIFFERS FROM'} site-a's")
     print(f"== the lab is still running; stop it with: make demo-stop")
     return 0 if same else 1

@@ -5,6 +5,10 @@ the client (botocore's provide-client-params event) and checked there.
 """
 
 import json
+import logging
+import subprocess
+import sys
+import uuid
 
 import pytest
 from botocore.exceptions import ClientError
@@ -63,6 +67,19 @@ def tagged_images(moto_server, image_id: str) -> list[dict]:
     return moto_server.client("ec2").describe_images(Owners=["self"], Filters=filters)["Images"]
 
 
+def existing_ami(moto_server, image_id: str, **origin: str) -> str:
+    """An available AMI (with its snapshot) tagged source_uuid=image_id + `origin`, as another run left it."""
+    ec2 = moto_server.client("ec2")
+    volume = ec2.create_volume(Size=1, AvailabilityZone="eu-west-1a")["VolumeId"]
+    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    ec2.delete_volume(VolumeId=volume)
+    ami = ec2.register_image(Name=f"copy-{uuid.uuid4()}", RootDeviceName="/dev/xvda", VirtualizationType="hvm",
+                             BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}])
+    ec2.create_tags(Resources=[ami["ImageId"]], Tags=[{"Key": "source_uuid", "Value": image_id},
+                                                      *({"Key": k, "Value": v} for k, v in origin.items())])
+    return ami["ImageId"]
+
+
 def snapshot_exists(moto_server, snapshot_id: str) -> bool:
     try:
         moto_server.client("ec2").describe_snapshots(SnapshotIds=[snapshot_id])
@@ -83,8 +100,8 @@ def test_ebs_direct_import_tag_then_dedupe(moto_server, moto_site, aws_env, tmp_
     ami, snapshot = result["dest_image_id"], result["snapshot_ids"][0]
 
     name = f"test image-{job.image_id}"
-    tags = [{"Key": "source_cs", "Value": "site-a"}, {"Key": "source_uuid", "Value": job.image_id},
-            {"Key": "Name", "Value": name}]
+    tags = [{"Key": "source_t", "Value": "site-a"}, {"Key": "source_uuid", "Value": job.image_id},
+            {"Key": "source_cs", "Value": "site-a"}, {"Key": "Name", "Value": name}]
     [request] = calls["RegisterImage"]
     assert request == {
         "Name": name, "Description": request["Description"], "Architecture": "arm64", "BootMode": "uefi",
@@ -101,6 +118,9 @@ def test_ebs_direct_import_tag_then_dedupe(moto_server, moto_site, aws_env, tmp_
     assert image["State"] == "available" and image["Name"] == name
     assert {t["Key"]: t["Value"] for t in image["Tags"]} == {t["Key"]: t["Value"] for t in tags}
     assert snapshot in [s["SnapshotId"] for s in tagged_snapshots(moto_server, job.image_id)]
+    [tagged] = [s for s in tagged_snapshots(moto_server, job.image_id) if s["SnapshotId"] == snapshot]
+    assert {t["Key"]: t["Value"] for t in tagged["Tags"]} == {t["Key"]: t["Value"] for t in tags}
+    assert f"AMI {ami} tagged (source_t site-a, source_uuid {job.image_id}, source_cs site-a)" in job.ctx.status.lines
     blocks = moto_server.client("ebs").list_snapshot_blocks(SnapshotId=snapshot)["Blocks"]
     assert {b["BlockIndex"] for b in blocks} == disk.data_blocks
     assert result["blocks_sent"] == len(disk.data_blocks) <= result["blocks_allocated"] < result["blocks_total"]
@@ -110,7 +130,7 @@ def test_ebs_direct_import_tag_then_dedupe(moto_server, moto_site, aws_env, tmp_
     again.ctx.job = again.ctx.job.__class__("job-again", job.image_id, "site-a", site.id)
     again.ctx.image.id = job.image_id
     line = aws_steps.Dedupe().run(again.ctx)
-    assert line == f"Image already present on aws-test as {ami}"
+    assert line is None  # the job's final line says it, once
     assert again.ctx.finished and again.ctx.result == {"dest_image_id": ami, "already_present": True,
                                                         "region": "eu-west-1"}
     other_site = aws_context(tmp_path, site, disk.path)
@@ -245,15 +265,20 @@ def stubbed_dedupe(tmp_path, moto_site, answers):
     return job, line
 
 
-def image(ami, state, snapshot="snap-0123456789abcdef0"):
+def image(ami, state, snapshot="snap-0123456789abcdef0", tags=()):
     return {"ImageId": ami, "State": state, "CreationDate": "2026-11-26T00:00:00.000Z",
-            "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}]}
+            "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}],
+            "Tags": [{"Key": k, "Value": v} for k, v in tags]}
+
+
+def our_tags(job):
+    return [("source_t", "site-a"), ("source_uuid", job.image_id), ("source_cs", "site-a")]
 
 
 def test_dedupe_waits_for_a_pending_ami_of_an_earlier_attempt(moto_site, aws_env, tmp_path):
     def answers(job):
-        filters = [{"Name": "tag:source_uuid", "Values": [job.image_id]}, {"Name": "tag:source_cs", "Values": ["site-a"]}]
-        return [("describe_images", {"Images": [image("ami-0aaaaaaaaaaaaaaaa", "pending")]},
+        filters = [{"Name": "tag:source_uuid", "Values": [job.image_id]}]  # the site tag is checked locally
+        return [("describe_images", {"Images": [image("ami-0aaaaaaaaaaaaaaaa", "pending", tags=our_tags(job))]},
                  {"Owners": ["self"], "Filters": filters}),
                 ("describe_images", {"Images": [image("ami-0aaaaaaaaaaaaaaaa", "pending")]},
                  {"ImageIds": ["ami-0aaaaaaaaaaaaaaaa"]}),
@@ -261,17 +286,83 @@ def test_dedupe_waits_for_a_pending_ami_of_an_earlier_attempt(moto_site, aws_env
                  {"ImageIds": ["ami-0aaaaaaaaaaaaaaaa"]})]
 
     job, line = stubbed_dedupe(tmp_path, moto_site, answers)
-    assert line == "Image already present on aws-test as ami-0aaaaaaaaaaaaaaaa"
+    assert line is None  # the job's final line says it, once
     assert job.ctx.finished and job.ctx.result["already_present"]
+    assert job.ctx.result["dest_image_id"] == "ami-0aaaaaaaaaaaaaaaa"
 
 
 def test_dedupe_removes_a_failed_leftover_and_goes_on(moto_site, aws_env, tmp_path):
     def answers(job):
         one = {"ImageIds": ["ami-0bbbbbbbbbbbbbbbb"]}
-        return [("describe_images", {"Images": [image("ami-0bbbbbbbbbbbbbbbb", "failed")]}, None),
+        return [("describe_images", {"Images": [image("ami-0bbbbbbbbbbbbbbbb", "failed", tags=our_tags(job))]}, None),
                 ("describe_images", {"Images": [image("ami-0bbbbbbbbbbbbbbbb", "failed")]}, one),
                 ("deregister_image", {}, {"ImageId": "ami-0bbbbbbbbbbbbbbbb"}),
                 ("delete_snapshot", {}, {"SnapshotId": "snap-0123456789abcdef0"})]
 
     job, line = stubbed_dedupe(tmp_path, moto_site, answers)
     assert line == "No copy on aws-test yet" and not job.ctx.finished
+
+
+@pytest.mark.parametrize("origin", [{"source_cs": "site-a"}, {"source_t": "site-a"},
+                                    {"source_t": "site-z", "source_cs": "site-a"}],
+                         ids=["source_cs-only", "source_t-only", "stale-source_t"])
+def test_dedupe_finds_an_ami_by_either_site_tag(moto_server, moto_site, aws_env, tmp_path, origin):
+    """AMIs of older migratio versions and the old tool carry only source_cs; ours source_t as well."""
+    site = moto_site()
+    job = aws_context(tmp_path, site, None)
+    existing_ami(moto_server, job.image_id, source_t="site-z", source_cs="site-z")  # another site's copy
+    ami = existing_ami(moto_server, job.image_id, **origin)
+    assert aws_steps.Dedupe().run(job.ctx) is None
+    assert job.ctx.finished and job.ctx.result["dest_image_id"] == ami
+
+
+def test_dedupe_ignores_amis_of_other_sites(moto_server, moto_site, aws_env, tmp_path):
+    job = aws_context(tmp_path, moto_site(), None)
+    existing_ami(moto_server, job.image_id, source_t="site-z", source_cs="site-z")
+    existing_ami(moto_server, job.image_id, source_cs="site-z")
+    existing_ami(moto_server, job.image_id, source_t="site-z")
+    existing_ami(moto_server, job.image_id)  # no site tag at all
+    assert aws_steps.Dedupe().run(job.ctx) == "No copy on aws-test yet"
+    assert not job.ctx.finished
+
+
+@pytest.mark.parametrize("origin,ours", [({"source_cs": "site-a"}, True), ({"source_t": "site-a"}, True),
+                                         ({"source_cs": "site-z"}, False)])
+def test_lost_register_answer_finds_the_ami_by_either_site_tag(moto_site, aws_env, tmp_path, origin, ours):
+    """RegisterImage said the name is taken: the AMI of that name is used when it is a copy of ours."""
+    from botocore.stub import Stubber
+
+    from migratio import amis
+
+    site = moto_site()
+    aws = AwsClients.connect(site.options)
+    image_id = str(uuid.uuid4())
+    tags = amis.source_tags(image_id, "site-a", "img")
+    request = amis.register_request(site.options, name=amis.ami_name("img", image_id), description="d",
+                                    snapshot_id="snap-0123456789abcdef0", gib=1, arch="x86_64", mode=None, tags=tags)
+    found = {"ImageId": "ami-0cccccccccccccccc", "State": "available",
+             "Tags": [{"Key": "source_uuid", "Value": image_id}, *({"Key": k, "Value": v} for k, v in origin.items())]}
+    with Stubber(aws.ec2.raw) as stub:
+        stub.add_client_error("register_image", "InvalidAMIName.Duplicate", "name in use", 400)
+        stub.add_response("describe_images", {"Images": [found]},
+                          {"Owners": ["self"], "Filters": [{"Name": "name", "Values": [request["Name"]]}]})
+        if ours:
+            assert amis.register(aws, request, logging.getLogger("test")) == "ami-0cccccccccccccccc"
+        else:
+            with pytest.raises(PermanentError, match="already exists .* without this image's source tags"):
+                amis.register(aws, request, logging.getLogger("test"))
+        stub.assert_no_pending_responses()
+
+
+def test_source_tags_name_the_keys_atmosphere_reads():
+    from migratio import amis
+
+    assert [t["Key"] for t in amis.source_tags("u", "site-a", "img")] == ["source_t", "source_uuid", "source_cs",
+                                                                          "Name"]
+    assert (common.SOURCE_T, common.SOURCE_UUID, common.SOURCE_CS) == ("source_t", "source_uuid", "source_cs")
+
+
+def test_amis_imports_on_its_own():
+    """migratio.amis takes the key names from migratio.steps.common (which imports migratio.amis again)."""
+    for module in ("migratio.amis", "migratio.vm_import", "migratio.ebs_direct"):
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True)

@@ -80,8 +80,8 @@ def expected_request(job, bucket: str, key: str) -> dict:
         "DiskContainers": [{"Description": ANY, "Format": "VMDK",
                             "UserBucket": {"S3Bucket": bucket, "S3Key": key}}],
         "TagSpecifications": [{"ResourceType": "import-image-task", "Tags": [
-            {"Key": "source_cs", "Value": "site-a"}, {"Key": "source_uuid", "Value": job.image_id},
-            {"Key": "Name", "Value": f"test image-{job.image_id}"}]}],
+            {"Key": "source_t", "Value": "site-a"}, {"Key": "source_uuid", "Value": job.image_id},
+            {"Key": "source_cs", "Value": "site-a"}, {"Key": "Name", "Value": f"test image-{job.image_id}"}]}],
     }
 
 

@@ -109,7 +109,7 @@ class Env:
         port = self.proxy.port if via_proxy else head.port
         known_hosts.write_text(f"[{head.host}]:{port} {key}\n")
         values = dict(redis_url=self.fault_redis.url, namespace=NAMESPACE, retries=3, retry_intervals=[1],
-                      log_level="INFO")
+                      log_level="INFO", feedback_interval=0)  # every line: the tests compare them all
         values.update(config)
         self.config_file = write_migratio_config(
             self.lab, self.dir, site_b={"port": port, "known_hosts": str(known_hosts), "connect_timeout": 10,
@@ -122,7 +122,8 @@ class Env:
         return worker
 
     def enqueue(self, image_id: str, dest: str = "site-b") -> Job:
-        return enqueue_migration(migration_queue(self.config, self.redis), self.config, image_id, dest)
+        return enqueue_migration(migration_queue(self.config, self.redis), self.config, image_id, dest,
+                                 feedback=True)
 
     def job(self, job_id: str) -> Job:
         return Job.fetch(job_id, connection=self.redis)
@@ -145,7 +146,9 @@ class Env:
         """Status lines in Atmosphere's feedback queue, oldest first."""
         raw = self.redis.lrange(f"{NAMESPACE}:queue:feedback", 0, -1)
         items = [json.loads(r) for r in reversed(raw)]
-        return [i["args"][3] for i in items if image_id is None or i["args"][0] == image_id]
+        lines = [i["args"][3] for i in items if image_id is None or i["args"][0] == image_id]
+        assert all(ln.endswith("\n") and "\n" not in ln[:-1] for ln in lines), lines
+        return [ln[:-1] for ln in lines]
 
     def job_log(self, job_id: str) -> str:
         path = self.config.log_dir / "jobs" / f"{job_id}.log"

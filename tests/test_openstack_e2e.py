@@ -95,6 +95,13 @@ def copies_on_b(lab, image_id: str) -> list[dict]:
     return lab.site_b.api().list_images(source_uuid=image_id)
 
 
+def origin_of(image: dict) -> tuple:
+    return image.get("source_t"), image.get("source_uuid"), image.get("source_cs")
+
+
+STALE_ORIGIN = {"source_t": "site-z", "source_uuid": "11111111-2222-3333-4444-555555555555", "source_cs": "site-z"}
+
+
 def staged_files(lab) -> list[str]:
     return sorted(p.name for p in Path(lab.head_node.staging_dir).iterdir())
 
@@ -135,6 +142,7 @@ def test_qcow2_to_qcow2_with_a_hostile_name(lab, glance_image, migrate_on_lab, r
     assert not Path("/tmp/migratio-pwned").exists()
     assert (dest["disk_format"], dest["container_format"]) == ("qcow2", "bare")
     assert (dest["source_uuid"], dest["source_cs"]) == (img.id, "site-a")
+    assert origin_of(dest) == ("site-a", img.id, "site-a")  # source_t + source_uuid: what Atmosphere links by
     assert (dest["os_distro"], dest["hw_disk_bus"]) == ("ubuntu", "scsi")
     assert (dest["size"], dest["checksum"], dest["os_hash_value"]) == (img.size, img.checksum, img.os_hash_value)
     assert [c["id"] for c in copies_on_b(lab, img.id)] == [dest_id]
@@ -161,6 +169,7 @@ def test_qcow2_to_raw_downloaded_from_the_api(lab, glance_image, migrate_on_lab,
     assert (dest["status"], dest["disk_format"], dest["size"]) == ("active", "raw", 32 * MiB)
     assert dest["os_hash_value"] == sha512(raw)
     assert dest["source_uuid"] == img.id
+    assert origin_of(dest) == ("site-a", img.id, "site-a")
     assert any(line.startswith("Image downloaded from Glance") for line in out.lines)
     assert any(line.startswith("Image converted to raw") for line in out.lines)
     assert_no_temp_files(out, lab)
@@ -172,6 +181,7 @@ def test_register_via_api_sends_no_bytes_over_ssh(lab, glance_image, migrate_on_
     assert out.status == "finished", out.meta.get("error")
     dest = lab.site_b.api().get_image(out.result["dest_image_id"])
     assert (dest["status"], dest["os_hash_value"], dest["source_cs"]) == ("active", img.os_hash_value, "site-a")
+    assert origin_of(dest) == ("site-a", img.id, "site-a")
     assert not any(line.startswith("Image transferred") for line in out.lines)
 
 
@@ -186,6 +196,51 @@ def test_already_present_moves_no_bytes(lab, glance_image, migrate_on_lab):
     assert second.meta.get("bytes_done") is None
     assert len(copies_on_b(lab, img.id)) == 1
     assert second.lines[-1] == f"Image already present on site-b as {first.result['dest_image_id']}"
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # streamed into Glance by the head-node client
+    {"stream": False, "remote_python": ""},  # rsync, then glance image-create --file
+    {"disk_format": "raw", "stream": False},  # converted, rsync
+    {"register": {"via": "api", "cloud": "site-b"}},
+], ids=["stream", "rsync-glance-cli", "converted-rsync", "via-api"])
+def test_a_migrated_source_does_not_pass_its_origin_on(lab, glance_image, migrate_on_lab, overrides):
+    img = glance_image(properties={**STALE_ORIGIN, "os_distro": "debian"})  # site-a's image is a copy itself
+    assert origin_of(lab.site_a.api().get_image(img.id)) == tuple(STALE_ORIGIN.values())
+    out = migrate_on_lab(img.id, **overrides)
+    assert out.status == "finished", out.meta.get("error")
+    dest = lab.site_b.api().get_image(out.result["dest_image_id"])
+    assert origin_of(dest) == ("site-a", img.id, "site-a")
+    assert (dest["status"], dest["os_distro"]) == ("active", "debian")
+    assert [c["id"] for c in copies_on_b(lab, img.id)] == [dest["id"]]
+    assert lab.site_b.api().list_images(source_uuid=STALE_ORIGIN["source_uuid"]) == []
+
+
+@pytest.mark.parametrize("remote_python", ["python3", ""], ids=["headnode-client", "glance-cli"])
+@pytest.mark.parametrize("origin", [
+    {"source_cs": "site-a"},  # made by an older migratio or the old tool
+    {"source_t": "site-a"},
+], ids=["source_cs-only", "source_t-only"])
+def test_a_copy_with_either_site_key_is_already_present(lab, glance_image, migrate_on_lab, remote_python, origin):
+    img = glance_image()
+    api = lab.site_b.api()
+    copy = api.upload_image(img.path, "copy", source_uuid=img.id, **origin)
+    elsewhere = api.upload_image(img.path, "from site-z", source_uuid=img.id, source_t="site-z", source_cs="site-z")
+    out = migrate_on_lab(img.id, remote_python=remote_python)
+    assert out.status == "finished", out.meta.get("error")
+    assert out.result == {"dest_image_id": copy["id"], "already_present": True}
+    assert out.meta["steps_done"] == ["locate", "dedupe", "cleanup"]
+    assert sorted(c["id"] for c in copies_on_b(lab, img.id)) == sorted([copy["id"], elsewhere["id"]])
+
+
+@pytest.mark.parametrize("origin", [{"source_cs": "site-a"}, {"source_t": "site-a"}],
+                         ids=["source_cs-only", "source_t-only"])
+def test_a_copy_with_either_site_key_is_found_via_the_api(lab, glance_image, migrate_on_lab, origin):
+    img = glance_image()
+    copy = lab.site_b.api().upload_image(img.path, "copy", source_uuid=img.id, **origin)
+    out = migrate_on_lab(img.id, register={"via": "api", "cloud": "site-b"}, port=free_port())  # ssh unusable
+    assert out.status == "finished", out.meta.get("error")
+    assert out.result == {"dest_image_id": copy["id"], "already_present": True}
 
 
 def test_leftover_of_a_crashed_run_is_replaced_not_duplicated(lab, glance_image, migrate_on_lab):

@@ -1,17 +1,23 @@
 """RemoteShell (paramiko) and rsync against the lab's real head-node sshd."""
 
+import getpass
 import logging
 import socket
 import subprocess
 import uuid
+from dataclasses import replace
 
 import pytest
+from labservices import Sshd
+from labservices import run as lab_run
 
 from migratio import transfer
 from migratio.commands import Commands
 from migratio.errors import AuthError, HostKeyError, ImageNotFound, TransientError
 from migratio.glance_cli import RemoteGlance
 from migratio.remote import RemoteShell
+from migratio.sites import load_site
+from tests.helpers import write_site
 from tests.http_double import free_port
 from tests.openstack_lab import head_site
 
@@ -53,6 +59,50 @@ def test_env_file_is_sourced_first(shell, lab):
     assert code == 0
     url, glance = out.split()
     assert url == lab.site_b.glance_url and glance.endswith("/glance")
+
+
+class HeadNodeWithOwnHome(Sshd):
+    """The lab's head-node sshd (same class, same config) whose sessions get HOME=home.
+
+    The lab's ssh user is whoever runs the tests (root here, home /root) and its sshd accepts no
+    HOME from the client, so this one adds `SetEnv HOME=...`: the test's ~/.creds never touches
+    the real home of that user.
+    """
+
+    def __init__(self, directory, home):
+        super().__init__(directory)
+        self.home = home
+
+    def prepare(self) -> None:
+        super().prepare()
+        with self.config.open("a") as config:
+            config.write(f"SetEnv HOME={self.home}\n")
+        lab_run(["/usr/sbin/sshd", "-t", "-f", str(self.config)])
+
+
+def test_legacy_conf_sources_creds_from_the_head_nodes_home(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".creds").write_text("export MIGRATIO_CREDS_MARK='set only in ~/.creds'\n")
+    head = HeadNodeWithOwnHome(tmp_path / "sshd", home)
+    head.start()
+    try:
+        write_site(tmp_path / "sites", "old", f"export EXTERNAL_HOST=127.0.0.1\nexport EXTERNAL_USER={getpass.getuser()}\n"
+                                              f"export EXTERNAL_PORT={head.port}\nexport EXTERNAL_KEY={head.client_key}\n")
+        site = load_site(tmp_path / "sites", "old")
+        assert site.options.remote_env_file == "~/.creds"
+        options = replace(site.options, known_hosts=head.known_hosts, connect_timeout=10)  # no known_hosts in legacy
+        shell = RemoteShell.connect(options)
+        try:
+            show = ["sh", "-c", 'printf "%s|%s" "$HOME" "$MIGRATIO_CREDS_MARK"']
+            sourced = shell.run(show, env_file=options.remote_env_file)
+            plain = shell.run(show)
+        finally:
+            shell.close()
+    finally:
+        head.stop()
+    assert sourced == (0, f"{home}|set only in ~/.creds", "")
+    assert plain == (0, f"{home}|", "")  # the variable comes from ~/.creds, not from sshd
 
 
 def test_exit_code_and_both_streams_even_when_large(shell):

@@ -22,10 +22,11 @@ class MemoryGlance:
     def __init__(self, images=(), store_hash="sha512", corrupt=False):
         self.images = {i["id"]: dict(i) for i in images}
         self.store_hash, self.corrupt = store_hash, corrupt
-        self.deleted, self.finds = [], 0
+        self.deleted, self.finds, self.filters = [], 0, []
 
     def find(self, filters):
         self.finds += 1
+        self.filters.append(dict(filters))
         return [dict(i) for i in self.images.values() if all(i.get(k) == v for k, v in filters.items())]
 
     def show(self, image_id):
@@ -81,8 +82,24 @@ def make_ctx(tmp_path):
     return make
 
 
+ORIGIN_KEYS = ("source_t", "source_uuid", "source_cs")
+STALE_ORIGIN = {"source_t": "site-z", "source_uuid": "11111111-2222-3333-4444-555555555555", "source_cs": "site-z"}
+
+
 def ours(ctx, status, **kw):
-    return {"id": str(uuid.uuid4()), "status": status, "source_uuid": ctx.job.image_id, "source_cs": "site-a", **kw}
+    """A copy as this migratio makes it (source_t + source_uuid + source_cs); kw may drop a key with None."""
+    image = {"id": str(uuid.uuid4()), "status": status, "source_t": "site-a", "source_uuid": ctx.job.image_id,
+             "source_cs": "site-a", **kw}
+    return {k: v for k, v in image.items() if v is not None}
+
+
+def right_bytes(ctx):
+    return dict(disk_format="qcow2", size=len(DATA), checksum=ctx.image.checksum, os_hash_algo="sha512",
+                os_hash_value=ctx.image.os_hash_value)
+
+
+def origin_of(image):
+    return tuple(image.get(k) for k in ORIGIN_KEYS)
 
 
 def test_dedupe_finds_an_active_copy_and_removes_leftovers(make_ctx):
@@ -91,12 +108,54 @@ def test_dedupe_finds_an_active_copy_and_removes_leftovers(make_ctx):
     active = ours(ctx, "active", disk_format="qcow2", size=len(DATA), checksum=ctx.image.checksum,
                   os_hash_algo="sha512", os_hash_value=ctx.image.os_hash_value)
     queued, killed = ours(ctx, "queued"), ours(ctx, "killed")
-    other_site = {**ours(ctx, "active"), "source_cs": "site-z"}
+    other_site = {**ours(ctx, "active"), "source_t": "site-z", "source_cs": "site-z"}
     dest.images = {i["id"]: i for i in (active, queued, killed, other_site)}
     assert openstack.Dedupe().run(ctx) is None
     assert ctx.finished and ctx.result == {"dest_image_id": active["id"], "already_present": True}
     assert sorted(dest.deleted) == sorted([queued["id"], killed["id"]])
     assert dest.finds == 1
+    assert dest.filters == [{"source_uuid": ctx.job.image_id}]  # one call; the site key is checked locally
+
+
+@pytest.mark.parametrize("made_by", [
+    {"source_t": None},  # an older migratio or the old tool: only source_cs
+    {"source_cs": None},  # only source_t
+    {"source_t": "site-z"},  # an older migratio that carried a migrated source's source_t over
+], ids=["source_cs-only", "source_t-only", "stale-source_t"])
+def test_dedupe_recognises_a_copy_by_either_site_key(make_ctx, made_by):
+    dest = MemoryGlance()
+    ctx = make_ctx(dest)
+    copy = ours(ctx, "active", **right_bytes(ctx), **made_by)
+    leftover = ours(ctx, "queued", **made_by)
+    dest.images = {i["id"]: i for i in (copy, leftover)}
+    assert openstack.Dedupe().run(ctx) is None
+    assert ctx.finished and ctx.result == {"dest_image_id": copy["id"], "already_present": True}
+    assert dest.deleted == [leftover["id"]]
+    assert dest.finds == 1
+
+
+def test_dedupe_ignores_copies_of_other_sites_and_images(make_ctx):
+    dest = MemoryGlance()
+    ctx = make_ctx(dest)
+    others = [ours(ctx, "active", **right_bytes(ctx), source_t="site-z", source_cs="site-z"),
+              ours(ctx, "queued", source_t=None, source_cs="site-z"),
+              ours(ctx, "queued", source_t="site-z", source_cs=None),
+              ours(ctx, "queued", source_uuid=None),
+              ours(ctx, "active", **right_bytes(ctx), source_uuid=str(uuid.uuid4()))]
+    dest.images = {i["id"]: i for i in others}
+    assert openstack.Dedupe().run(ctx) == "No copy on site-b yet"
+    assert not ctx.finished and dest.deleted == []
+
+
+def test_cleanup_after_a_lost_create_answer_uses_the_same_recognition(make_ctx):
+    dest = MemoryGlance()
+    ctx = make_ctx(dest)
+    mine = [ours(ctx, "queued"), ours(ctx, "saving", source_t=None), ours(ctx, "killed", source_cs=None)]
+    kept = [ours(ctx, "active", **right_bytes(ctx)), ours(ctx, "queued", source_t="site-z", source_cs="site-z")]
+    dest.images = {i["id"]: i for i in (*mine, *kept)}
+    openstack._delete_created(ctx, [])  # the id never came back
+    assert sorted(dest.deleted) == sorted(i["id"] for i in mine)
+    assert dest.filters == [{"source_uuid": ctx.job.image_id}]
 
 
 def test_dedupe_without_copies_goes_on(make_ctx):
@@ -125,6 +184,7 @@ def test_register_and_verify_via_api(make_ctx):
     assert line == f"Image registered as {image_id}"
     image = dest.images[image_id]
     assert (image["source_uuid"], image["source_cs"], image["os_distro"]) == (ctx.job.image_id, "site-a", "centos")
+    assert origin_of(image) == ("site-a", ctx.job.image_id, "site-a")
     assert image["owner_specified.openstack.md5"] == "x"  # bytes unchanged: still true
     assert openstack.Verify().run(ctx) == f"Image verified (sha512 {hashlib.sha512(DATA).hexdigest()})"
     ctx.run_cleanups(failed=True)  # verified: the failure cleanup was dropped
@@ -181,6 +241,31 @@ def test_converted_payload_drops_stale_hash_hints(make_ctx, tmp_path):
     props = openstack.dest_properties(ctx)
     assert "owner_specified.openstack.md5" not in props
     assert props["os_distro"] == "centos" and props["source_uuid"] == ctx.job.image_id
+    assert origin_of(props) == ("site-a", ctx.job.image_id, "site-a")
+
+
+@pytest.mark.parametrize("converted", [False, True], ids=["same-bytes", "converted"])
+def test_origin_of_a_source_that_is_itself_a_copy_is_replaced_by_ours(make_ctx, tmp_path, converted):
+    ctx = make_ctx(MemoryGlance())
+    ctx.image.properties.update(STALE_ORIGIN)
+    if converted:
+        ctx.payload, ctx.payload_format = tmp_path / "converted.raw", "raw"
+        ctx.payload.write_bytes(DATA + b"converted")
+        ctx.payload_hash = {}
+    for props in (openstack.dest_properties(ctx), openstack.record_fields(ctx)["properties"]):
+        assert origin_of(props) == ("site-a", ctx.job.image_id, "site-a")
+        assert props["os_distro"] == "centos"
+    assert ctx.image.properties["source_t"] == "site-z"  # the source's record itself is left alone
+
+
+def test_register_replaces_the_stale_origin_of_a_migrated_source(make_ctx):
+    dest = MemoryGlance()
+    ctx = make_ctx(dest)
+    ctx.image.properties.update(STALE_ORIGIN)
+    openstack.Register().run(ctx)
+    image = dest.images[ctx.result["dest_image_id"]]
+    assert origin_of(image) == ("site-a", ctx.job.image_id, "site-a")
+    assert openstack.Verify().run(ctx).startswith("Image verified (sha512 ")
 
 
 def test_staged_path_is_the_same_for_every_job_of_an_image(make_ctx):

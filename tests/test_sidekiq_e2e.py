@@ -54,7 +54,7 @@ class CopyImage(Step):
 @pytest.fixture
 def site(tmp_path, redis_server, redis_client):
     """This site (site-a) with two destinations and two 64 KiB source images."""
-    config = config_factory(tmp_path, redis_url=redis_server.url)
+    config = config_factory(tmp_path, redis_url=redis_server.url, feedback_interval=0)  # every line
     write_site(config.sites_dir, "site-b", "type: openstack\nhost: h\nuser: u\n")
     write_site(config.sites_dir, "aws-1", "type: aws\nregion: eu-west-1\n")
     config.images_dir.mkdir(parents=True)
@@ -70,11 +70,12 @@ def worker_app(config, dest_dir):
 
 
 def expected_lines(image: str, dest: str) -> list[str]:
-    return ["Migration started",
-            "copy: 25% (16.0 KiB of 64.0 KiB)", "copy: 50% (32.0 KiB of 64.0 KiB)",
-            "copy: 75% (48.0 KiB of 64.0 KiB)", "copy: 100% (64.0 KiB of 64.0 KiB)",
-            "Image copied (64 KiB)",
-            f"Migration finished: image copy-{image[:8]} on {dest} verified"]
+    return [line + "\n" for line in (
+        "Migration started",
+        "copy: 25% (16.0 KiB of 64.0 KiB)", "copy: 50% (32.0 KiB of 64.0 KiB)",
+        "copy: 75% (48.0 KiB of 64.0 KiB)", "copy: 100% (64.0 KiB of 64.0 KiB)",
+        "Image copied (64 KiB)",
+        f"Migration finished: image copy-{image[:8]} on {dest} verified")]
 
 
 def test_jobs_pushed_like_atmosphere_are_migrated_and_reported(site, tmp_path, redis_client,
@@ -158,8 +159,8 @@ def test_a_crash_between_take_and_enqueue_loses_nothing_and_runs_nothing_twice(
 
     queue = migration_queue(site, redis_client)
     assert sorted(queue.finished_job_registry.get_job_ids()) == sorted([f"sidekiq-{jid_a}", f"sidekiq-{jid_b}"])
-    FeedbackSink(feedback_client(site.redis_url), "atmosphere").emit(JobInfo("-", "end", "-", "-"), "sentinel")
-    sidekiq_server.wait_for_lines(lambda got: "sentinel" in got)  # FIFO, one thread: all before it are done
+    FeedbackSink(feedback_client(site.redis_url), "atmosphere").emit(JobInfo("-", "end", "-", "-", True), "sentinel")
+    sidekiq_server.wait_for_lines(lambda got: "sentinel\n" in got)  # FIFO, one thread: all before it are done
     for image in (IMAGE_A, IMAGE_B):
         assert sidekiq_server.lines(image) == expected_lines(image, "site-b")
 
@@ -180,10 +181,10 @@ def test_migratio_worker_ingests_in_the_background_and_rejects_what_cannot_be_a_
         (jid,) = sidekiq_push("site-a", IMAGE_A, "site-b")
         sidekiq_push("site-a", IMAGE_B, "nowhere")
         lines = sidekiq_server.wait_for_lines(lambda got: len(got) >= 3, image=IMAGE_A)
-        assert lines[:2] == ["Migration started", "Cleanup done"]
+        assert lines[:2] == ["Migration started\n", "Cleanup done\n"]
         assert lines[2].startswith("Migration finished")
         assert sidekiq_server.wait_for_lines(lambda got: len(got) >= 1, image=IMAGE_B) == [
-            "Migration rejected: unknown destination site 'nowhere'"]
+            "Migration rejected: unknown destination site 'nowhere'\n"]
         (dead,) = dead_letters(redis_client, "atmosphere")
         assert json.loads(dead["payload"])["args"] == [IMAGE_B, "nowhere"]
         assert dead["reason"].startswith("unknown destination site 'nowhere': no file ")

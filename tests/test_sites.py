@@ -1,8 +1,13 @@
+import logging
+import os
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from migratio.errors import ConfigError, InvalidInput
+from migratio.remote import command_line, source_env_file
 from migratio.sites import AwsSite, OpenStackSite, list_sites, load_site
 from migratio.steps import DEFAULT_PIPELINES, build_steps
 from tests.helpers import write_site
@@ -28,7 +33,57 @@ def test_legacy_openstack_conf(tmp_path):
     site = load_site(tmp_path, "old")
     assert site.type == "openstack"
     assert (site.options.user, site.options.host, site.options.port) == ("glance", "head.example.org", 2222)
+    assert site.options.remote_env_file == "~/.creds"  # the old tool's `. ~/.creds` on the head node
     assert [s.name for s in build_steps(site)] == DEFAULT_PIPELINES["openstack"]
+
+
+def test_yaml_conf_keeps_no_remote_env_file_by_default(tmp_path):
+    write_site(tmp_path, "new", "type: openstack\nhost: h\nuser: u\n")
+    assert load_site(tmp_path, "new").options.remote_env_file is None
+
+
+def test_legacy_aws_keys_are_named_never_shown(tmp_path, caplog):
+    secret, key_id = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRET", "AKIAOLDTOOLKEY123456"
+    keys = f"export AWS_ACCESS_KEY={key_id}\nexport AWS_SECRET_KEY='{secret}'\n"
+    for site_id, first in (("aws", "export AWS_REGION=eu-west-1\n"),
+                           ("os", "export EXTERNAL_HOST=h\nexport EXTERNAL_USER=u\n")):
+        write_site(tmp_path, site_id, first + keys)
+        with caplog.at_level(logging.DEBUG):
+            site = load_site(tmp_path, site_id)
+        assert secret not in repr(site) and key_id not in repr(site)
+    assert secret not in caplog.text and key_id not in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("AWS_ACCESS_KEY is not used" in w and "AWS_ACCESS_KEY_ID" in w for w in warnings) == 2
+    assert sum("AWS_SECRET_KEY is not used" in w and "AWS_SECRET_ACCESS_KEY" in w for w in warnings) == 2
+
+
+@pytest.mark.parametrize("env_file, rendered", [
+    ("~/.creds", '. "$HOME"/.creds'),
+    ("$HOME/.creds", '. "$HOME"/.creds'),
+    ("${HOME}/my creds/openrc.sh", """. "$HOME"/'my creds/openrc.sh'"""),
+    ("~/$(touch pwned)", """. "$HOME"/'$(touch pwned)'"""),
+    ("/etc/migratio/openrc.sh", ". /etc/migratio/openrc.sh"),
+    ("/etc/glance env.sh", ". '/etc/glance env.sh'"),
+    ("~other/.creds", ". '~other/.creds'"),  # only the ssh user's own home is expanded
+    ("./~/.creds", ". './~/.creds'"),
+])
+def test_env_file_rendering_expands_only_a_home_prefix(env_file, rendered):
+    assert source_env_file(env_file) == rendered
+    assert command_line(["glance", "image-list"], env_file) == f"{rendered} && glance image-list"
+
+
+def test_home_env_file_is_sourced_from_the_shells_home(tmp_path):
+    home = tmp_path / "home dir"
+    (home / "my creds").mkdir(parents=True)
+    (home / "my creds" / "openrc.sh").write_text("export OS_MARK='from home'\n")
+    (home / "$(touch pwned)").write_text("export OS_MARK=literal\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    for env_file, expected in (("~/my creds/openrc.sh", "from home"), ("$HOME/$(touch pwned)", "literal")):
+        line = command_line(["sh", "-c", 'printf %s "$OS_MARK"'], env_file)
+        proc = subprocess.run(["sh", "-c", line], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, expected, "")
+        assert shlex.split(line)[-3:] == ["sh", "-c", 'printf %s "$OS_MARK"']
+    assert not (tmp_path / "pwned").exists() and not (home / "pwned").exists()
 
 
 def test_legacy_aws_conf(tmp_path):

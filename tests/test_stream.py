@@ -3,6 +3,7 @@ a stand-in `glance` script), the rate limit, and the job on the lab falling back
 
 import io
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -44,12 +45,12 @@ def head(tmp_path):
     glance.chmod(0o755)
     staged = tmp_path / "staging" / "img-job.qcow2"
 
-    def run(data: bytes, size: int | None = None, properties=("source_uuid=x",)):
+    def run(data: bytes, size: int | None = None, properties=("source_uuid=x",), env_file=None, env=None):
         args = ["image-create", "--name=it's \"odd\"\n| id | nope |", *(f"--property={p}" for p in properties)]
         size = len(data) if size is None else size
-        line = stream.remote_line(stream.cli_commands([str(glance)], args, size), str(staged), size, None)
+        line = stream.remote_line(stream.cli_commands([str(glance)], args, size), str(staged), size, env_file)
         return subprocess.run(["sh", "-c", line], input=data, capture_output=True,
-                              env={**os.environ, "FAKE_DIR": str(fake)}, timeout=60)
+                              env=env or {**os.environ, "FAKE_DIR": str(fake)}, timeout=60)
 
     run.fake, run.staged = fake, staged
     return run
@@ -65,6 +66,19 @@ def test_stream_uploads_every_byte_and_removes_the_staged_copy(head):
     calls = (head.fake / "calls").read_text().splitlines()
     assert calls[0].startswith("image-create --name=it's \"odd\"")
     assert calls[-1] == f"image-upload --size={len(data)} {IMAGE_ID}"
+
+
+def test_a_home_env_file_is_sourced_from_the_remote_users_home(head, tmp_path):
+    """`remote_env_file: ~/.creds` (the legacy default): "$HOME" is expanded by the head node's shell."""
+    home, decoy = tmp_path / "home", tmp_path / "decoy"
+    home.mkdir(), decoy.mkdir()
+    (home / ".creds").write_text(f"export FAKE_DIR={shlex.quote(str(head.fake))}\n")
+    line = stream.remote_line(stream.cli_commands(["glance"], ["image-create"], 1), "/s/x", 1, "~/.creds")
+    assert line.startswith('. "$HOME"/.creds && { ')
+    data = os.urandom(70000)
+    proc = head(data, env_file="~/.creds", env={**os.environ, "HOME": str(home), "FAKE_DIR": str(decoy)})
+    assert proc.returncode == 0, proc.stderr
+    assert (head.fake / "uploaded").read_bytes() == data and not any(decoy.iterdir())
 
 
 def test_create_failure_sends_nothing_to_glance(head):

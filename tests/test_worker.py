@@ -2,15 +2,19 @@
 
 import hashlib
 import shutil
+import subprocess
 
 import pytest
+from click.testing import CliRunner
 from rq.job import Job
 
 from migratio.errors import TransientError
 from migratio.pipeline import Step
 from migratio.queue import enqueue_migration, migration_queue
 from migratio.redact import Redactor
-from migratio.worker import RedisUnavailable, build_app, connect, run_worker
+from migratio.cli import main
+from migratio.worker import RedisTooOld, RedisUnavailable, build_app, connect, require_redis, run_worker
+from labservices import RedisServer
 from tests.helpers import config_factory, write_site
 
 IMAGE = "0f8e2c4a-1b2c-4d5e-8f90-123456789abc"
@@ -125,3 +129,41 @@ def test_redis_unreachable_at_start_is_one_clear_line(tmp_path):
         connect(config, Redactor())
     assert str(info.value).startswith("cannot reach Redis at redis://:***@127.0.0.1:1/0")
     assert "s3cret" not in str(info.value)
+
+
+class RedisWithoutBlmove(RedisServer):
+    """A real redis-server whose BLMOVE was disabled the way operators do it (rename-command)."""
+
+    def options(self) -> list[str]:
+        return [*super().options(), "--rename-command", "BLMOVE", ""]
+
+
+def test_a_redis_without_blmove_is_refused_with_one_clear_line(tmp_path):
+    server = RedisWithoutBlmove(tmp_path / "redis")
+    server.start()
+    try:
+        config = config_factory(tmp_path, redis_url=server.url)
+        with pytest.raises(RedisTooOld) as info:
+            connect(config, Redactor())
+        assert str(info.value) == (
+            f"Redis at {server.url} (version {redis_version()}) has no BLMOVE command (renamed or disabled "
+            "with rename-command); migratio needs it (Redis >= 6.2)")
+        result = CliRunner().invoke(main, ["--config", str(tmp_path / "config.yml"), "worker", "--burst"])
+        assert result.exit_code == 78  # a deployment problem: systemd does not restart it
+        assert "has no BLMOVE command" in result.output
+    finally:
+        server.stop()
+
+
+def test_a_redis_older_than_6_2_is_refused_naming_both_versions():
+    class Old:
+        def info(self, section):
+            return {"redis_version": "6.0.16"}
+
+    with pytest.raises(RedisTooOld, match=r"^Redis at r is version 6\.0\.16; migratio needs Redis >= 6\.2 "):
+        require_redis(Old(), "r")
+
+
+def redis_version() -> str:
+    return subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                          check=True).stdout.split("v=")[1].split()[0]

@@ -24,7 +24,8 @@ def _aws(ctx: Context) -> AwsClients:
 
 
 class Dedupe(Step):
-    """An available AMI tagged with this image's source_uuid and source_cs ends the job as 'already present'.
+    """An available AMI tagged with this image's source_uuid and this site's source_t (or source_cs
+    alone: AMIs of older migratio versions and the old tool) ends the job as 'already present'.
 
     A pending one (an earlier attempt crashed after RegisterImage) is waited for; failed ones,
     which carry our tags and can never be used, are removed with their snapshots.
@@ -48,7 +49,7 @@ class Dedupe(Step):
         ami = ready[0]["ImageId"]
         ctx.result = {"dest_image_id": ami, "already_present": True, "region": site.region}
         ctx.finished = True
-        return f"Image already present on {ctx.site.id} as {ami}"
+        return None  # the job's final line says "Image already present" (once)
 
 
 def _settle(ctx: Context, aws: AwsClients, ami: str) -> list[dict[str, Any]]:
@@ -93,7 +94,7 @@ class Import(Step):
 
 
 class Tag(Step):
-    """Tags the AMI and its snapshots (source_cs, source_uuid, Name) and checks the AMI is available."""
+    """Tags the AMI and its snapshots (source_t, source_uuid, source_cs, Name) and checks the AMI is available."""
 
     name = "tag"
 
@@ -111,7 +112,8 @@ class Tag(Step):
         tags = amis.source_tags(image.id, ctx.job.source_site, image.name)
         aws.ec2.create_tags(Resources=[ami, *snapshots], Tags=tags)
         _verify(amis.describe(aws, ami), ami, tags)
-        return f"AMI {ami} tagged (source_uuid {image.id}, source_cs {ctx.job.source_site})"
+        return (f"AMI {ami} tagged ({common.SOURCE_T} {ctx.job.source_site}, {common.SOURCE_UUID} {image.id}, "
+                f"{common.SOURCE_CS} {ctx.job.source_site})")
 
 
 def _verify(image: dict[str, Any] | None, ami: str, tags: list[dict[str, str]]) -> None:

@@ -11,6 +11,15 @@ from ..pipeline import Context, SourceImage, Step
 MiB = 1024 * 1024
 SPACE_MARGIN = 64 * MiB  # kept free in work_dir on top of what a file needs
 
+# Where a copy came from: Glance properties of an OpenStack copy, tags of an AMI (and its snapshots).
+# Atmosphere (vmt_updater.rb#source_t_and_uuid) links a copy to its template's appliance type by
+# source_t (the source site = config `name`) + source_uuid (the source image id); source_cs is
+# source_t's pre-2015 name, still written for older Atmospheres. A copy counts as ours when
+# source_uuid is the image id and either site key names this site (old tool / older migratio
+# copies carry only source_cs).
+SOURCE_T, SOURCE_UUID, SOURCE_CS = "source_t", "source_uuid", "source_cs"
+SOURCE_SITE_KEYS = (SOURCE_T, SOURCE_CS)
+
 
 class Locate(Step):
     """Looks the image up in this site's Glance and finds (or downloads) its data."""

@@ -17,8 +17,8 @@ from .. import glance_cli, hashes, qemu, stream, transfer
 from ..errors import ConfigError, PermanentError, UnsafeImage, VerificationFailed
 from ..glance_cli import RemoteGlance
 from ..pipeline import Context, Step
+from .common import SOURCE_CS, SOURCE_SITE_KEYS, SOURCE_T, SOURCE_UUID
 
-SOURCE_UUID, SOURCE_CS = "source_uuid", "source_cs"
 STALE = frozenset({"queued", "saving", "killed", "uploading", "importing"})  # left by a crashed run
 GOING = frozenset({"deleted", "pending_delete"})  # on their way out: ignored
 SETTLING = frozenset({"saving", "uploading", "importing"})
@@ -32,6 +32,9 @@ MiB = 1024 * 1024
 class Dedupe(Step):
     """One filtered list call: an active copy with the right bytes ends the job as 'already present'.
 
+    Glance filters on one property set per call, so the call asks for source_uuid only and a copy
+    counts as ours when source_t or source_cs (older copies have only that) names this site.
+
     Non-active copies (queued/saving/killed, from a crashed earlier run) and active copies whose
     size or hash differ from what would be sent are deleted, so a migration never leaves two
     images (or a wrong one) for one source.
@@ -41,7 +44,7 @@ class Dedupe(Step):
 
     def run(self, ctx: Context) -> str | None:
         with destination(ctx) as dest:
-            found = [i for i in dest.find(origin(ctx)) if _is_ours(i, ctx)]
+            found = [i for i in dest.find(copies_filter(ctx)) if _is_ours(i, ctx)]
             for image in found:
                 if image.get("status") in STALE:
                     ctx.log.warning("deleting leftover image %s (%s) on %s", image["id"], image["status"], ctx.site.id)
@@ -244,11 +247,20 @@ def _head_glance(ctx: Context, fields: dict[str, Any], size: int) -> stream.Head
 
 
 def origin(ctx: Context) -> dict[str, str]:
-    return {SOURCE_UUID: ctx.job.image_id, SOURCE_CS: ctx.config.name}
+    """What every copy we make carries (whatever the source image held under these keys)."""
+    return {SOURCE_T: ctx.config.name, SOURCE_UUID: ctx.job.image_id, SOURCE_CS: ctx.config.name}
+
+
+def copies_filter(ctx: Context) -> dict[str, str]:
+    """The destination list filter for copies of this image (the site key is checked by _is_ours)."""
+    return {SOURCE_UUID: ctx.job.image_id}
 
 
 def dest_properties(ctx: Context) -> dict[str, str]:
-    """The source's user properties (minus stale hash hints after a conversion) + our origin."""
+    """The source's user properties (minus stale hash hints after a conversion) + our origin.
+
+    The origin keys always get our values: a source that is itself a copy (with source_t,
+    source_uuid, source_cs of another site) never passes them on."""
     image = ctx.image
     converted = ctx.payload != image.path
     props = {k: v for k, v in image.properties.items()
@@ -348,7 +360,11 @@ def _settled(ctx: Context, dest, image_id: str) -> dict[str, Any]:
 
 
 def _is_ours(image: dict[str, Any], ctx: Context) -> bool:
-    return all(str(image.get(k, "")) == v for k, v in origin(ctx).items())
+    """A copy of this image from this site: made by us (source_t) or by an older migratio or the old
+    tool (only source_cs)."""
+    site = ctx.config.name
+    return (str(image.get(SOURCE_UUID, "")) == ctx.job.image_id
+            and any(str(image.get(k, "")) == site for k in SOURCE_SITE_KEYS))
 
 
 def _delete_created(ctx: Context, created: list[str]) -> None:
@@ -357,7 +373,7 @@ def _delete_created(ctx: Context, created: list[str]) -> None:
             for image_id in created:
                 dest.delete(image_id)
             return
-        for image in dest.find(origin(ctx)):  # the id never came back: find what this run left
+        for image in dest.find(copies_filter(ctx)):  # the id never came back: find what this run left
             if _is_ours(image, ctx) and image.get("status") != "active":
                 dest.delete(image["id"])
 

@@ -9,12 +9,10 @@
 require "json"
 require "sidekiq"
 require "redis-namespace"
+require_relative "redis_options"
 
 Sidekiq.configure_server do |config|
-  redis = {url: ENV.fetch("REDIS_URL")}
-  namespace = ENV.fetch("SIDEKIQ_NAMESPACE", "atmosphere")
-  redis[:namespace] = namespace unless namespace.empty?
-  config.redis = redis
+  config.redis = SidekiqDouble.redis_options
   config.server_middleware do |chain|
     chain.add(Class.new do
       def call(_worker, job, _queue)
