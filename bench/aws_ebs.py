@@ -51,11 +51,11 @@ def one_run(args) -> None:
     """Child process: write the image into a new snapshot, print stats as JSON."""
     import logging
 
-    from migratio import ebs_direct
-    from migratio.aws_clients import AwsClients
-    from migratio.sites import AwsSite
+    from migratio.aws import ebs_direct
+    from migratio.aws.clients import AwsClients
+    from migratio.conf.sites import AwsOptions
 
-    site = AwsSite(region="eu-west-1", endpoint_url=args.moto_url, blocks_in_flight=args.one_in_flight)
+    site = AwsOptions(region="eu-west-1", endpoint_url=args.moto_url, blocks_in_flight=args.one_in_flight)
     aws = AwsClients.connect(site)
     image = Path(args.one)
     snapshot = ebs_direct.start_snapshot(aws, ebs_direct.volume_gib(image.stat().st_size),

@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from destinations import Destination
 from flows import legacy_checksum, legacy_list
-from migratio import openstack_auth
-from migratio.glance import Glance
-from migratio.glance_cli import RemoteGlance
-from migratio.remote import RemoteShell
+
+from migratio.openstack import auth
+from migratio.openstack.glance import Glance
+from migratio.openstack.headnode import RemoteGlance
+from migratio.openstack.ssh import RemoteShell
 
 REPEAT = 3
 
@@ -49,7 +50,7 @@ def migratio_ssh(site_options, filters: dict) -> float:
 def migratio_api(glance_url: str, filters: dict) -> float:
     """Seconds for the dedupe step via the Glance API (`register: via api`): one GET."""
     start = time.monotonic()
-    session = openstack_auth.session(None, None, {"OS_IMAGE_URL": glance_url, "OS_AUTH_TOKEN": "lab-token"})
+    session = auth.session(None, None, {"OS_IMAGE_URL": glance_url, "OS_AUTH_TOKEN": "lab-token"})
     Glance(session, site="site-b").find(filters)
     return time.monotonic() - start
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from destinations import Destination, remote
 from measure import Bytes, TreeSampler
-from migratio.stream import Pacer  # the same rate limit as migratio's stream (no saved-up credit)
+
+from migratio.openstack.stream import Pacer  # the same rate limit as migratio's stream (no saved-up credit)
 
 CHUNK = 1024 * 1024
 UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")

@@ -12,13 +12,14 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import lab as labmod
 import dedupe
 import flows
+import lab as labmod
 from destinations import Destination, NetnsSite, loopback
 from measure import Bytes, mb, shim_env, write_ssh_shim
 from migratio_flow import WorkerProcess, write_config
-from migratio.sites import load_site
+
+from migratio.conf.sites import load_site
 
 MiB = 1024 * 1024
 CASES = {  # name -> (link, capped)
@@ -270,7 +271,7 @@ def run_dedupe(lab, dest: Destination, image: Image, opts: Options, directory: P
                log) -> list[dict]:
     directory.mkdir(parents=True, exist_ok=True)
     config = write_config(lab, directory / "migratio", dest.site_conf())
-    from migratio.config import load_config
+    from migratio.conf.config import load_config
 
     site = load_site(load_config(config).sites_dir, "site-b")
     env = shim_env(shim, directory / "ssh.log")

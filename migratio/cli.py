@@ -11,13 +11,15 @@ import click
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
-from . import ids, jobs, sites
-from .config import Config, config_path, load_config
-from .errors import ConfigError, InvalidInput, MigratioError
-from .logs import job_log_path, setup_logging
-from .queue import enqueue_migration, migration_queue
-from .redact import Redactor
-from .units import format_size
+from migratio import ids
+from migratio.conf import sites
+from migratio.conf.config import Config, config_path, load_config
+from migratio.errors import ConfigError, InvalidInput, MigratioError
+from migratio.logs import job_log_path, setup_logging
+from migratio.queue import views as job_views
+from migratio.queue.enqueue import enqueue_migration, migration_queue
+from migratio.redact import Redactor
+from migratio.units import format_size, parse_size
 
 EX_CONFIG = 78  # sysexits.h; the systemd unit does not restart a worker that exits with it
 ENDED = ("finished", "failed", "canceled", "stopped")
@@ -53,7 +55,7 @@ class State:
         return config
 
     def redis(self, config: Config):
-        from .worker import connect
+        from migratio.queue.worker import connect
 
         return connect(config, self.redact)
 
@@ -79,7 +81,7 @@ def worker(state: State, burst: bool, name: str | None) -> None:
     Exit codes: 0 after a warm shutdown (SIGTERM: the running job ends first), 78 on a
     configuration error (systemd does not restart it), 1 on other errors (e.g. Redis down).
     """
-    from .worker import RedisTooOld, build_app, run_worker
+    from migratio.queue.worker import RedisTooOld, build_app, run_worker
 
     try:
         config = state.config(name)
@@ -133,7 +135,7 @@ def status(state: State, job_id: str | None, as_json: bool, watch: bool, interva
     done = 0
     try:
         while True:
-            views = [jobs.get_view(queue, job_id)] if job_id else jobs.list_views(queue)
+            views = [job_views.get_view(queue, job_id)] if job_id else job_views.list_views(queue)
             if watch and tty:
                 click.clear()
             if as_json:
@@ -161,7 +163,7 @@ def retry(state: State, job_id: str) -> None:
         job = Job.fetch(job_id, connection=redis)
     except (NoSuchJobError, ValueError):
         raise InvalidInput(f"no job {job_id!r} (failed jobs are kept only for failure_ttl)") from None
-    current = jobs.status_name(job.get_status())
+    current = job_views.status_name(job.get_status())
     if current != "failed":
         raise InvalidInput(f"job {job_id} is {current}, not failed: only failed jobs can be retried")
     job.meta.update(state="queued", error=None, step=None, bytes_done=None, bytes_total=None, rate=None,
@@ -171,7 +173,7 @@ def retry(state: State, job_id: str) -> None:
         job = job.requeue()
     except InvalidJobOperation:
         raise InvalidInput(f"job {job_id} is not in the failed registry of {job.origin}") from None
-    limited = jobs.status_name(job.get_status()) == "rate_limited"
+    limited = job_views.status_name(job.get_status()) == "rate_limited"
     waiting = " (waiting for a slot: the site's max_concurrent is reached)" if limited else ""
     click.echo(f"requeued job {job.id}: {job.description}{waiting}")
 
@@ -202,10 +204,10 @@ def sites_command(state: State) -> None:
 @click.pass_obj
 def check(state: State, site_ids: tuple[str, ...], min_free: str) -> None:
     """Preflight: is this site and each destination (default: all) set up to migrate?"""
-    from . import check as checks
+    from migratio.check import probes as checks
 
     results = checks.run_all(checks.Inputs(config_file=state.config_file, environ=dict(os.environ),
-                                           site_ids=list(site_ids), min_free=checks.parse_size(min_free),
+                                           site_ids=list(site_ids), min_free=parse_size(min_free),
                                            redact=state.redact))
     for result in results:
         click.echo(result.line())
@@ -217,12 +219,12 @@ def check(state: State, site_ids: tuple[str, ...], min_free: str) -> None:
 
 # -- rendering
 
-def _as_dict(v: jobs.JobView, log_dir) -> dict:
+def _as_dict(v: job_views.JobView, log_dir) -> dict:
     log = _job_log(log_dir, v.id)
     return {**asdict(v), "percent": v.percent, "eta": v.eta, "log": str(log) if log else None}
 
 
-def _print_views(views: list[jobs.JobView], queue_name: str, tty: bool, log_dir, detail: bool = False) -> None:
+def _print_views(views: list[job_views.JobView], queue_name: str, tty: bool, log_dir, detail: bool = False) -> None:
     """One line per job; a failed job (or the one asked for) also gets its retry hint and log file."""
     if not views:
         click.echo(f"no jobs on {queue_name}")
@@ -244,7 +246,7 @@ def _job_log(log_dir, job_id: str):
     return path if path.is_file() else None
 
 
-def _line(v: jobs.JobView, tty: bool = False, elapsed: bool = False) -> str:
+def _line(v: job_views.JobView, tty: bool = False, elapsed: bool = False) -> str:
     text = f"{v.id}  {v.state:<12} {v.image_id} -> {v.dest}"
     if v.state == "started":
         text += "  " + _progress(v, tty, elapsed)
@@ -259,7 +261,7 @@ def _line(v: jobs.JobView, tty: bool = False, elapsed: bool = False) -> str:
     return text
 
 
-def _progress(v: jobs.JobView, tty: bool, elapsed: bool) -> str:
+def _progress(v: job_views.JobView, tty: bool, elapsed: bool) -> str:
     parts = [f"step={v.step or '-'}"]
     if v.percent is not None:
         parts.append(_bar(v.percent) if tty else f"{v.percent}%")
@@ -298,7 +300,7 @@ def _wait(job) -> int:
     last = None
     while True:
         job.refresh()
-        v = jobs.view(job)
+        v = job_views.view(job)
         line = _line(v)
         if line != last:
             click.echo(line)

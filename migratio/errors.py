@@ -6,7 +6,7 @@ client boundary, so the rest of the code never sees a third-party exception.
     MigratioError
     ├── ConfigError            bad config.yml or site conf (permanent)
     ├── InvalidInput           bad image id, site id, job payload (permanent)
-    └── MigrationError         a step failed
+    └── StepError         a step failed
         ├── PermanentError     retrying cannot help (not found, denied, host key, hostile image)
         │   ├── ImageNotFound
         │   ├── HostKeyError
@@ -36,15 +36,15 @@ class InvalidInput(MigratioError):
     """A job argument or payload is not acceptable."""
 
 
-class MigrationError(MigratioError):
+class StepError(MigratioError):
     """A pipeline step failed."""
 
 
-class PermanentError(MigrationError):
+class PermanentError(StepError):
     """Retrying the same job cannot succeed."""
 
 
-class TransientError(MigrationError):
+class TransientError(StepError):
     """The failure may go away: the job is retried with backoff."""
 
     retryable = True
@@ -74,7 +74,7 @@ class NotEnoughSpace(PermanentError):
     pass
 
 
-class CommandFailed(MigrationError):
+class CommandFailed(StepError):
     """A local or remote command exited non-zero (see `retryable`)."""
 
     def __init__(self, message: str, *, retryable: bool = False, stderr_tail: str = ""):

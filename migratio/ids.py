@@ -5,7 +5,7 @@ Both checks run before any path, command or request is built from the value.
 
 import re
 
-from .errors import InvalidInput
+from migratio.errors import InvalidInput
 
 SITE_ID_RE = re.compile(r"[A-Za-z0-9_.-]+")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)

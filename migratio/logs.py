@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import ids
-from .errors import InvalidInput
-from .redact import RedactingFilter, Redactor
+from migratio import ids
+from migratio.errors import InvalidInput
+from migratio.redact import RedactingFilter, Redactor
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOBS_SUBDIR = "jobs"

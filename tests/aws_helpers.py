@@ -5,11 +5,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from migratio.aws_clients import AwsClients
-from migratio.ebs_direct import BLOCK_SIZE
-from migratio.pipeline import Context, SourceImage
-from migratio.services import Services
-from migratio.status import DictMeta, JobInfo
+from migratio.aws.clients import AwsClients
+from migratio.aws.ebs_direct import BLOCK_SIZE
+from migratio.openstack.glance import SourceImage
+from migratio.pipeline.runner import Context
+from migratio.pipeline.services import Services
+from migratio.pipeline.status import DictMeta, JobInfo
 from tests.helpers import config_factory
 
 

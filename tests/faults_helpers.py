@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from labservices import HOST, RedisServer, redis_ping
+
 from tests import gatestep
 
 REPO = Path(__file__).resolve().parent.parent

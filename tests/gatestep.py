@@ -23,7 +23,7 @@ import redis
 
 from migratio.cli import main
 from migratio.errors import TransientError
-from migratio.pipeline import Context, Step
+from migratio.pipeline.runner import Context, Step
 from migratio.steps import REGISTRY
 
 GATE_TIMEOUT = 300

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from migratio.config import Config, load_config
+from migratio.conf.config import Config, load_config
 
 
 def config_factory(tmp_path: Path, **overrides) -> Config:

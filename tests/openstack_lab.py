@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from migratio.sites import OpenStackSite
+from migratio.conf.sites import OpenStackOptions
 
 
 def head_options(lab, **overrides) -> dict:
@@ -18,13 +18,13 @@ def head_options(lab, **overrides) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def head_site(lab, **overrides) -> OpenStackSite:
+def head_site(lab, **overrides) -> OpenStackOptions:
     options = head_options(lab, **overrides)
     options.pop("type")
     for key in ("key_file", "known_hosts"):
         if key in options:
             options[key] = Path(options[key])
-    return OpenStackSite(**options)
+    return OpenStackOptions(**options)
 
 
 def site_conf(lab, **overrides) -> str:

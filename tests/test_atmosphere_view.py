@@ -18,7 +18,7 @@ from labconfig import write_migratio_config
 from labservices import free_port
 from rq.job import Job
 
-from migratio import sidekiq
+from migratio.queue import sidekiq
 from tests.faults_helpers import Worker, wait_for
 from tests.fixtures.sidekiq import ruby_lines
 

@@ -11,10 +11,11 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.stub import Stubber
 
-from migratio import aws_clients
-from migratio.aws_clients import AwsClients, client_token, endpoint_for, error_code
+from migratio.aws import clients
+from migratio.aws.clients import AwsClients, client_token, endpoint_for, error_code
+from migratio.conf.sites import AwsOptions
 from migratio.errors import AuthError, ConfigError, PermanentError, TransientError
-from migratio.sites import AwsSite
+
 
 def one_line(exc) -> str:
     text = str(exc)
@@ -24,13 +25,13 @@ def one_line(exc) -> str:
 
 def test_region_typo_is_a_config_error_naming_the_region(aws_env):
     with pytest.raises(ConfigError) as info:
-        AwsClients.connect(AwsSite(region="eu-wset-1"))
+        AwsClients.connect(AwsOptions(region="eu-wset-1"))
     assert "unknown AWS region 'eu-wset-1' (did you mean 'eu-west-1'?)" in one_line(info.value)
 
 
 def test_unknown_profile_is_a_config_error(aws_env):
     with pytest.raises(ConfigError, match="AWS profile 'nope'"):
-        AwsClients.connect(AwsSite(region="eu-west-1", profile="nope"))
+        AwsClients.connect(AwsOptions(region="eu-west-1", profile="nope"))
 
 
 def test_legacy_ec2_url_of_real_aws_is_used_for_ec2_only():
@@ -50,15 +51,15 @@ def test_client_token_is_stable_per_job_and_short():
 def test_no_credentials_is_an_auth_error(monkeypatch, tmp_path, aws_env):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    aws = AwsClients.connect(AwsSite(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
+    aws = AwsClients.connect(AwsOptions(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
     with pytest.raises(AuthError, match="no usable AWS credentials for DescribeImages in eu-west-1"):
         aws.ec2.describe_images(Owners=["self"])
 
 
 def test_unreachable_endpoint_is_transient(aws_env, monkeypatch):
-    monkeypatch.setattr(aws_clients, "client_config",
+    monkeypatch.setattr(clients, "client_config",
                         lambda site: BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=5))
-    aws = AwsClients.connect(AwsSite(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
+    aws = AwsClients.connect(AwsOptions(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
     with pytest.raises(TransientError, match=r"cannot reach AWS endpoint http://127.0.0.1:9/ for DescribeImages"):
         aws.ec2.describe_images(Owners=["self"])
 
@@ -71,7 +72,7 @@ def test_unreachable_endpoint_is_transient(aws_env, monkeypatch):
     ("InvalidParameterValue", 400, PermanentError, "AWS RegisterImage in eu-west-1 failed: InvalidParameterValue"),
 ])
 def test_client_errors_are_classified(aws_env, code, status, kind, text):
-    aws = AwsClients.connect(AwsSite(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
+    aws = AwsClients.connect(AwsOptions(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
     with Stubber(aws.ec2.raw) as stub:
         stub.add_client_error("register_image", service_error_code=code, service_message="it says no",
                               http_status_code=status)

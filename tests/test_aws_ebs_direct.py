@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from migratio import ebs_direct
-from migratio.aws_clients import AwsClients
-from migratio.ebs_direct import BLOCK_SIZE, BlockWriter
+from migratio.aws import ebs_direct
+from migratio.aws.clients import AwsClients
+from migratio.aws.ebs_direct import BLOCK_SIZE, BlockWriter
 from migratio.errors import PermanentError, TransientError
 from tests.aws_helpers import make_sparse_raw, make_zero_extent_raw
 

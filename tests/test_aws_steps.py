@@ -13,10 +13,11 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from migratio.aws_clients import AwsClients
-from migratio.ebs_direct import BLOCK_SIZE
+from migratio import origin
+from migratio.aws.clients import AwsClients
+from migratio.aws.ebs_direct import BLOCK_SIZE
 from migratio.errors import AuthError, ConfigError, PermanentError, TransientError
-from migratio.pipeline import run_pipeline
+from migratio.pipeline.runner import run_pipeline
 from migratio.steps import aws as aws_steps
 from migratio.steps import common
 from tests.aws_helpers import aws_context, make_sparse_raw
@@ -231,7 +232,7 @@ def test_convert_target_format_per_import_mode(moto_site, tmp_path):
 
 
 def test_architecture_and_boot_mode_sources(moto_site):
-    from migratio import amis
+    from migratio.aws import amis
 
     site = moto_site(architecture="x86_64", boot_mode="uefi-preferred").options
     assert amis.architecture(site, {}) == "x86_64"
@@ -332,7 +333,7 @@ def test_lost_register_answer_finds_the_ami_by_either_site_tag(moto_site, aws_en
     """RegisterImage said the name is taken: the AMI of that name is used when it is a copy of ours."""
     from botocore.stub import Stubber
 
-    from migratio import amis
+    from migratio.aws import amis
 
     site = moto_site()
     aws = AwsClients.connect(site.options)
@@ -355,11 +356,11 @@ def test_lost_register_answer_finds_the_ami_by_either_site_tag(moto_site, aws_en
 
 
 def test_source_tags_name_the_keys_atmosphere_reads():
-    from migratio import amis
+    from migratio.aws import amis
 
     assert [t["Key"] for t in amis.source_tags("u", "site-a", "img")] == ["source_t", "source_uuid", "source_cs",
                                                                           "Name"]
-    assert (common.SOURCE_T, common.SOURCE_UUID, common.SOURCE_CS) == ("source_t", "source_uuid", "source_cs")
+    assert (origin.SOURCE_T, origin.SOURCE_UUID, origin.SOURCE_CS) == ("source_t", "source_uuid", "source_cs")
 
 
 def test_amis_imports_on_its_own():

@@ -14,10 +14,10 @@ import subprocess
 import pytest
 from botocore.stub import ANY, Stubber
 
-from migratio import vm_import
-from migratio.aws_clients import AwsClients, client_token
+from migratio.aws import vm_import
+from migratio.aws.clients import AwsClients, client_token
 from migratio.errors import PermanentError, TransientError
-from migratio.pipeline import run_pipeline
+from migratio.pipeline.runner import run_pipeline
 from migratio.steps import aws as aws_steps
 from tests.aws_helpers import aws_context, make_sparse_raw
 

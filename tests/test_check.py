@@ -13,8 +13,9 @@ import yaml
 from click.testing import CliRunner
 from labservices import RedisServer, free_port
 
-from migratio.check import parse_df, parse_size
+from migratio.check.probes import parse_df
 from migratio.cli import main
+from migratio.units import parse_size
 from tests.gatestep import REPO
 from tests.helpers import config_factory, write_site
 

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 from rq.job import Job
 
-from migratio import jobs
 from migratio.cli import _line, main
+from migratio.queue import views
 from tests.gatestep import REPO, WorkerProcess, entered_key, open_key, wait_for
 from tests.helpers import config_factory, write_site
 
@@ -51,7 +51,7 @@ def test_migrate_enqueues_what_the_worker_consumes(cli):
     config, run, redis = cli
     write_site(config.sites_dir, "site-b", GATED)
     job = Job.fetch(enqueued_id(run("migrate", IMAGE_A.upper(), "site-b")), connection=redis)
-    assert job.func_name == "migratio.job.migrate" and job.args == (IMAGE_A, "site-b")
+    assert job.func_name == "migratio.queue.job.migrate" and job.args == (IMAGE_A, "site-b")
     assert job.origin == "migration_site-a" and job.get_status() == "queued"
 
 
@@ -151,7 +151,7 @@ def test_status_with_no_jobs_and_unknown_job(cli):
 
 
 def test_progress_bar_on_a_terminal():
-    view = jobs.JobView("j1", "started", IMAGE_A, "site-b", step="transfer", bytes_done=512, bytes_total=1024,
+    view = views.JobView("j1", "started", IMAGE_A, "site-b", step="transfer", bytes_done=512, bytes_total=1024,
                         rate=256.0)
     assert _line(view, tty=True) == (f"j1  started      {IMAGE_A} -> site-b  step=transfer "
                                      f"[############............]  50% 512 B/1.0 KiB 256 B/s ETA 0:00:02")

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from migratio.commands import Commands
 from migratio.errors import CommandFailed, TransientError
+from migratio.local.commands import Commands
 
 
 @pytest.fixture

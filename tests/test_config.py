@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from migratio.config import config_path, load_config
+from migratio.conf.config import config_path, load_config
 from migratio.errors import ConfigError
 
 

@@ -34,19 +34,29 @@ from labconfig import write_migratio_config
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from migratio import glance as glance_mod
-from migratio import aws_clients, remote, transfer
-from migratio.commands import Commands
-from migratio.config import load_config
-from migratio.errors import (AuthError, CommandFailed, ConfigError, HostKeyError, ImageNotFound, NotEnoughSpace,
-                             PermanentError, TransientError, UnsafeImage)
-from migratio.glance_cli import RemoteGlance
-from migratio.locks import LockBusy, MigrationLock, holder_is_dead, process_start
-from migratio.queue import enqueue_migration, migration_queue
-from migratio.sites import AwsSite, OpenStackSite
-from migratio.steps.common import ensure_space
-from migratio.workdirs import remove_stale
+from migratio.aws import clients
+from migratio.conf.config import load_config
+from migratio.conf.sites import AwsOptions, OpenStackOptions
+from migratio.errors import (
+    AuthError,
+    CommandFailed,
+    ConfigError,
+    HostKeyError,
+    ImageNotFound,
+    NotEnoughSpace,
+    PermanentError,
+    TransientError,
+    UnsafeImage,
+)
+from migratio.local.commands import Commands
+from migratio.local.workdirs import remove_stale
+from migratio.openstack import glance as glance_mod
+from migratio.openstack import rsync, ssh
+from migratio.openstack.headnode import RemoteGlance
+from migratio.queue.enqueue import enqueue_migration, migration_queue
+from migratio.queue.locks import LockBusy, MigrationLock, holder_is_dead, process_start
 from migratio.steps import openstack as os_steps
+from migratio.steps.common import ensure_space
 from tests.faults_helpers import CountingProxy, FaultRedis, Worker, alive, kill_matching, wait_for
 from tests.test_openstack_steps import MemoryGlance, make_ctx, ours  # noqa: F401 (make_ctx is a fixture)
 
@@ -468,7 +478,7 @@ def test_lock_is_released_after_a_failure(env):
 
 LOCK_HOLDER = """\
 import sys, time, redis
-from migratio.locks import MigrationLock
+from migratio.queue.locks import MigrationLock
 with MigrationLock(redis.Redis.from_url(sys.argv[1]), "ns", sys.argv[2], "site-b", int(sys.argv[3])):
     print("held", flush=True)
     time.sleep(600)
@@ -531,7 +541,7 @@ class _Key:
         return b"\x01" * 16
 
 
-SITE = OpenStackSite(host="head", user="u", port=22, known_hosts=Path("/etc/kh"), key_file=Path("/k"))
+SITE = OpenStackOptions(host="head", user="u", port=22, known_hosts=Path("/etc/kh"), key_file=Path("/k"))
 
 
 def _http(cls, code):
@@ -542,37 +552,37 @@ def _http(cls, code):
 
 CLASSIFICATION = [
     # (where it is mapped, the external error, migratio class, retried?)
-    ("rsync", lambda: transfer.failure(255, "ssh: connect to host head port 22: Connection refused", SITE),
+    ("rsync", lambda: rsync.failure(255, "ssh: connect to host head port 22: Connection refused", SITE),
      TransientError, True),
-    ("rsync", lambda: transfer.failure(12, "rsync error: error in rsync protocol data stream (code 12)", SITE),
+    ("rsync", lambda: rsync.failure(12, "rsync error: error in rsync protocol data stream (code 12)", SITE),
      TransientError, True),
-    ("rsync", lambda: transfer.failure(30, "rsync error: timeout in data send/receive (code 30)", SITE),
+    ("rsync", lambda: rsync.failure(30, "rsync error: timeout in data send/receive (code 30)", SITE),
      TransientError, True),
-    ("rsync", lambda: transfer.failure(10, "rsync error: error in socket IO (code 10)", SITE), TransientError, True),
-    ("rsync", lambda: transfer.failure(35, "rsync error: timeout waiting for daemon connection", SITE),
+    ("rsync", lambda: rsync.failure(10, "rsync error: error in socket IO (code 10)", SITE), TransientError, True),
+    ("rsync", lambda: rsync.failure(35, "rsync error: timeout waiting for daemon connection", SITE),
      TransientError, True),
-    ("rsync", lambda: transfer.failure(255, "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", SITE),
+    ("rsync", lambda: rsync.failure(255, "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", SITE),
      HostKeyError, False),
-    ("rsync", lambda: transfer.failure(255, "Host key verification failed.", SITE), HostKeyError, False),
-    ("rsync", lambda: transfer.failure(255, "u@head: Permission denied (publickey).", SITE), AuthError, False),
-    ("rsync", lambda: transfer.failure(11, "rsync: write failed: No space left on device (28)", SITE),
+    ("rsync", lambda: rsync.failure(255, "Host key verification failed.", SITE), HostKeyError, False),
+    ("rsync", lambda: rsync.failure(255, "u@head: Permission denied (publickey).", SITE), AuthError, False),
+    ("rsync", lambda: rsync.failure(11, "rsync: write failed: No space left on device (28)", SITE),
      CommandFailed, False),
-    ("rsync", lambda: transfer.failure(23, "rsync: link_stat failed: No such file or directory", SITE),
+    ("rsync", lambda: rsync.failure(23, "rsync: link_stat failed: No such file or directory", SITE),
      CommandFailed, False),
-    ("ssh connect", lambda: remote._translate(paramiko.BadHostKeyException("head", _Key(), _Key()), "head:22", SITE),
+    ("ssh connect", lambda: ssh._translate(paramiko.BadHostKeyException("head", _Key(), _Key()), "head:22", SITE),
      HostKeyError, False),
-    ("ssh connect", lambda: remote._translate(paramiko.AuthenticationException("no"), "head:22", SITE),
+    ("ssh connect", lambda: ssh._translate(paramiko.AuthenticationException("no"), "head:22", SITE),
      AuthError, False),
-    ("ssh connect", lambda: remote._translate(FileNotFoundError(2, "No such file"), "head:22", SITE),
+    ("ssh connect", lambda: ssh._translate(FileNotFoundError(2, "No such file"), "head:22", SITE),
      ConfigError, False),
-    ("ssh connect", lambda: remote._translate(paramiko.PasswordRequiredException("pw"), "head:22", SITE),
+    ("ssh connect", lambda: ssh._translate(paramiko.PasswordRequiredException("pw"), "head:22", SITE),
      ConfigError, False),
-    ("ssh connect", lambda: remote._translate(socket.timeout("timed out"), "head:22", SITE), TransientError, True),
-    ("ssh connect", lambda: remote._translate(
+    ("ssh connect", lambda: ssh._translate(socket.timeout("timed out"), "head:22", SITE), TransientError, True),
+    ("ssh connect", lambda: ssh._translate(
         paramiko.ssh_exception.NoValidConnectionsError({("127.0.0.1", 22): ConnectionRefusedError()}),
         "head:22", SITE), TransientError, True),
-    ("ssh connect", lambda: remote._translate(EOFError(), "head:22", SITE), TransientError, True),
-    ("ssh connect", lambda: remote._translate(paramiko.SSHException("Error reading SSH protocol banner"),
+    ("ssh connect", lambda: ssh._translate(EOFError(), "head:22", SITE), TransientError, True),
+    ("ssh connect", lambda: ssh._translate(paramiko.SSHException("Error reading SSH protocol banner"),
                                               "head:22", SITE), TransientError, True),
     ("glance api", lambda: glance_mod.translate(gexc.HTTPNotFound("gone"), "image x", "site-a", "x"),
      ImageNotFound, False),
@@ -617,7 +627,7 @@ def _glance_cli_failure(code: int, stderr: str):
 
 
 def _shell_check_failure(code: int, stderr: str):
-    shell = remote.RemoteShell.__new__(remote.RemoteShell)
+    shell = ssh.RemoteShell.__new__(ssh.RemoteShell)
     shell.where = "head:22"
     shell.run = lambda argv, env_file=None, timeout=None: (code, "", stderr)
     try:
@@ -632,8 +642,8 @@ def _client_error(code: str, status: int):
 
 
 def _aws(exc):
-    site = AwsSite(region="eu-west-1", endpoint_url="http://127.0.0.1:1", bucket="b")
-    return aws_clients.translate(exc, site, "CreateSnapshot")
+    site = AwsOptions(region="eu-west-1", endpoint_url="http://127.0.0.1:1", bucket="b")
+    return clients.translate(exc, site, "CreateSnapshot")
 
 
 def _command_timeout():

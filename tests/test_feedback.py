@@ -7,11 +7,11 @@ import time
 
 import pytest
 import redis
-
-from migratio.feedback import MAX_LINE, FeedbackRelay, FeedbackSink, feedback_client
-from migratio.redact import Redactor
-from migratio.status import FanOut, JobInfo
 from labservices import RedisServer, free_port
+
+from migratio.pipeline.status import FanOut, JobInfo
+from migratio.queue.feedback import MAX_LINE, FeedbackRelay, FeedbackSink, feedback_client
+from migratio.redact import Redactor
 
 IMAGE = "6c3a7a9e-5f0e-4b43-9f4b-2f2b8a3a1d11"
 JOB = JobInfo("job-1", IMAGE, "site-a", "site-b", feedback=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from glanceclient.common import utils as gutils
 
-from migratio import glance_cli, headnode_glance
+from migratio.conf.sites import OpenStackOptions
 from migratio.errors import CommandFailed, ImageNotFound
-from migratio.glance_cli import RemoteGlance
-from migratio.remote import command_line
-from migratio.sites import OpenStackSite
+from migratio.openstack import headnode, headnode_client
+from migratio.openstack.headnode import RemoteGlance
+from migratio.openstack.ssh import command_line
 
 HOSTILE = 'ubuntu "; rm -rf / | $(touch /tmp/x)\n| 11111111-2222-3333-4444-555555555555 | x | active |'
 
@@ -43,19 +43,19 @@ def test_list_table_with_hostile_names_yields_only_real_rows():
     images = [image(name=HOSTILE, status="queued"), image(name="a | b", status="active")]
     text = printed(gutils.print_list, [Obj(**i) for i in images],
                    ["ID", "Name", "Disk_format", "Container_format", "Size", "Status", "Owner"])
-    assert glance_cli.parse_list(text) == [{"id": images[0]["id"], "status": "queued"},
+    assert headnode.parse_list(text) == [{"id": images[0]["id"], "status": "queued"},
                                            {"id": images[1]["id"], "status": "active"}]
 
 
 def test_empty_list_table():
     text = printed(gutils.print_list, [], ["ID", "Name", "Disk_format", "Container_format", "Size",
                                            "Status", "Owner"])
-    assert glance_cli.parse_list(text) == []
+    assert headnode.parse_list(text) == []
 
 
 def test_show_table_keeps_values_verbatim_and_long_hashes_whole():
     img = image(name=HOSTILE, note="x | y")
-    record = glance_cli.parse_show(printed(gutils.print_dict, img, max_column_width=100000))
+    record = headnode.parse_show(printed(gutils.print_dict, img, max_column_width=100000))
     assert record["name"] == HOSTILE
     assert record["note"] == "x | y"
     assert record["os_hash_value"] == "b" * 128
@@ -78,7 +78,7 @@ class FakeShell:
 
 def site(**kw):
     """A site whose queries use the glance CLI (remote_python: null), unless kw says otherwise."""
-    return OpenStackSite(host="head", user="u", remote_env_file="/etc/glance env.sh",
+    return OpenStackOptions(host="head", user="u", remote_env_file="/etc/glance env.sh",
                          **{"remote_python": None, **kw})
 
 
@@ -153,7 +153,7 @@ def test_find_is_one_run_of_the_head_node_client_with_the_filters_as_arguments()
     argv, env_file = shell.calls[0]
     assert argv == ["/usr/bin/python3", "-I", "-", "find", f"source_uuid={hit['source_uuid']}", "source_cs=site-a"]
     assert env_file == "/etc/glance env.sh"
-    assert shell.stdins[0] == Path(headnode_glance.__file__).read_bytes()  # the client itself, on stdin
+    assert shell.stdins[0] == Path(headnode_client.__file__).read_bytes()  # the client itself, on stdin
 
 
 @pytest.mark.parametrize("code, stderr", [(127, "sh: 1: python3: not found"),
@@ -196,7 +196,7 @@ def test_install_client_puts_it_in_the_staging_dir_and_checks_the_credentials():
     assert path.startswith("/var/tmp/migratio staging/.migratio-glance-") and path.endswith(".py")
     argv, env_file = shell.calls[0]
     assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", "/var/tmp/migratio staging", path, "python3", path, "probe"]
-    assert env_file == "/etc/glance env.sh" and shell.stdins[0] == Path(headnode_glance.__file__).read_bytes()
+    assert env_file == "/etc/glance env.sh" and shell.stdins[0] == Path(headnode_client.__file__).read_bytes()
     other = RemoteGlance(shell, site(remote_python="python3"), "site-b")
     assert other.install_client("/staging") is None and other.cli_reason == "sh: 1: exec: python3: not found"
     assert RemoteGlance(FakeShell(), site(), "site-b").install_client("/staging") is None  # remote_python: null

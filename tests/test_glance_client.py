@@ -4,13 +4,13 @@ import uuid
 
 import pytest
 
-from migratio import glance, openstack_auth
 from migratio.errors import AuthError, ImageNotFound, PermanentError, TransientError
+from migratio.openstack import auth, glance
 from tests.http_double import HttpDouble, free_port
 
 
 def client(url: str, site: str | None = None) -> glance.Glance:
-    session = openstack_auth.session(None, None, {"OS_IMAGE_URL": url, "OS_AUTH_TOKEN": "lab-token"})
+    session = auth.session(None, None, {"OS_IMAGE_URL": url, "OS_AUTH_TOKEN": "lab-token"})
     return glance.Glance(session, site=site)
 
 

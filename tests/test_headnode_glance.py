@@ -1,4 +1,4 @@
-"""migratio/headnode_glance.py run exactly as the worker runs it on a head node: `python3 - OP ARGS`,
+"""migratio/headnode_client.py run exactly as the worker runs it on a head node: `python3 - OP ARGS`,
 the script on stdin, only the OS_* variables of the site's env file (plus PATH) in the environment.
 
 Keystone v3 and Glance v2 are answered by small doubles shaped like the real services (Keystone's
@@ -17,10 +17,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from migratio import headnode_glance
+from migratio.openstack import headnode_client
 from tests.http_double import HttpDouble, Request, free_port
 
-SCRIPT = Path(headnode_glance.__file__).read_bytes()
+SCRIPT = Path(headnode_client.__file__).read_bytes()
 
 PASSWORD = "pw-Sup3r&Secret=1"
 APP_SECRET = "appcred-s3cret-value"
@@ -643,7 +643,7 @@ def test_find_show_delete_against_the_lab_glance(lab, glance_image):
 def run_file(op: str, *args: str, env: dict, data: bytes = b"") -> subprocess.CompletedProcess:
     """Run the installed copy (`python3 FILE OP ...`), as the stream's line does: stdin is data."""
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-    return subprocess.run([sys.executable, headnode_glance.__file__, op, *args], input=data, env=clean,
+    return subprocess.run([sys.executable, headnode_client.__file__, op, *args], input=data, env=clean,
                           capture_output=True, timeout=60)
 
 
@@ -692,7 +692,7 @@ def test_short_upload_exits_7_and_glance_never_gets_the_full_image(recorder):
     data = os.urandom(100_000)
     env = {"OS_AUTH_TOKEN": USER_TOKEN, "OS_IMAGE_URL": recorder.url}
     proc = run_file("upload", f"--size={len(data) + 10}", recorder.image_id, env=env, data=data)
-    assert proc.returncode == headnode_glance.SHORT_INPUT
+    assert proc.returncode == headnode_client.SHORT_INPUT
     assert proc.stderr.decode() == "the image stream ended 10 bytes early\n"
     assert all(len(r.body) < len(data) + 10 for r in recorder.requests)
 

@@ -7,8 +7,8 @@ import threading
 import pytest
 from rq.job import Job
 
-from migratio.ingest import Ingest, dead_letters, ingest_client
-from migratio.queue import migration_queue
+from migratio.queue.enqueue import migration_queue
+from migratio.queue.ingest import Ingest, dead_letters, ingest_client
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.sidekiq import wait_until
 from tests.helpers import config_factory, write_site

@@ -8,7 +8,7 @@ each one entered and left.
 from rq import Worker
 from rq.job import Job
 
-from migratio.queue import enqueue_migration, migration_queue, rate_limit_key
+from migratio.queue.enqueue import enqueue_migration, migration_queue, rate_limit_key
 from tests.gatestep import WorkerProcess, entered_key, open_key, wait_for
 from tests.helpers import config_factory, write_site
 

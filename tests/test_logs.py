@@ -13,10 +13,10 @@ from rq.job import Job
 
 from migratio.errors import TransientError
 from migratio.logs import job_log, job_log_path, setup_logging
-from migratio.pipeline import Step
-from migratio.queue import enqueue_migration, migration_queue
+from migratio.pipeline.runner import Step
+from migratio.queue.enqueue import enqueue_migration, migration_queue
+from migratio.queue.worker import build_app, connect, run_worker
 from migratio.redact import Redactor
-from migratio.worker import build_app, connect, run_worker
 from tests.gatestep import REPO
 from tests.helpers import config_factory, write_site
 

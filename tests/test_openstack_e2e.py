@@ -16,9 +16,9 @@ import redis
 import yaml
 from rq.job import Job
 
-from migratio.job import migrate
-from migratio.queue import enqueue_migration, migration_queue
-from migratio.worker import build_app, run_worker
+from migratio.queue.enqueue import enqueue_migration, migration_queue
+from migratio.queue.job import migrate
+from migratio.queue.worker import build_app, run_worker
 from tests.helpers import config_factory, write_site
 from tests.http_double import free_port
 from tests.openstack_lab import site_conf

@@ -9,12 +9,14 @@ import uuid
 
 import pytest
 
-from migratio import nova as nova_mod, openstack_auth
+from migratio.conf.sites import BootCheck as BootCheckConf
+from migratio.conf.sites import OpenStackOptions, RegisterOptions, Site
 from migratio.errors import PermanentError, TransientError
-from migratio.pipeline import Context
-from migratio.services import Services
-from migratio.sites import BootCheck as BootCheckConf, OpenStackSite, RegisterOptions, Site
-from migratio.status import DictMeta, JobInfo
+from migratio.openstack import auth
+from migratio.openstack import nova as nova_mod
+from migratio.pipeline.runner import Context
+from migratio.pipeline.services import Services
+from migratio.pipeline.status import DictMeta, JobInfo
 from migratio.steps.openstack import BootCheck
 from tests.helpers import config_factory
 from tests.http_double import HttpDouble, free_port
@@ -67,7 +69,7 @@ def nova_api():
 
 
 def client(url: str) -> nova_mod.Nova:
-    session = openstack_auth.session(None, None, {"OS_IMAGE_URL": url + "/v2.1", "OS_AUTH_TOKEN": "t"})
+    session = auth.session(None, None, {"OS_IMAGE_URL": url + "/v2.1", "OS_AUTH_TOKEN": "t"})
     return nova_mod.Nova(session, "site-b", sleep=lambda s: None)
 
 
@@ -95,7 +97,7 @@ def test_error_status_returns_the_fault(nova_api):
 def test_wait_gives_up_after_the_timeout(nova_api):
     _, double = nova_api(statuses=("BUILD",))
     ticks = iter(range(0, 10000, 100))
-    nova = nova_mod.Nova(openstack_auth.session(None, None, {"OS_IMAGE_URL": double.url, "OS_AUTH_TOKEN": "t"}),
+    nova = nova_mod.Nova(auth.session(None, None, {"OS_IMAGE_URL": double.url, "OS_AUTH_TOKEN": "t"}),
                          "site-b", sleep=lambda s: None, clock=lambda: next(ticks))
     server_id = nova.boot("check", str(uuid.uuid4()), "m1")
     with pytest.raises(PermanentError, match=f"server {server_id} still BUILD after 300s"):
@@ -132,7 +134,7 @@ class FakeDest:
 
 def boot_ctx(tmp_path, url, check: BootCheckConf):
     config = config_factory(tmp_path)
-    options = OpenStackSite(host="h", user="u", boot_check=check, register=RegisterOptions(via="api", cloud="b"))
+    options = OpenStackOptions(host="h", user="u", boot_check=check, register=RegisterOptions(via="api", cloud="b"))
     site = Site("site-b", "openstack", tmp_path / "site-b.conf", options)
     dest = FakeDest()
     services = Services(source_glance=None, glance=lambda cloud: dest, remote=None, aws=None,

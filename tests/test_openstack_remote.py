@@ -11,12 +11,12 @@ import pytest
 from labservices import Sshd
 from labservices import run as lab_run
 
-from migratio import transfer
-from migratio.commands import Commands
+from migratio.conf.sites import load_site
 from migratio.errors import AuthError, HostKeyError, ImageNotFound, TransientError
-from migratio.glance_cli import RemoteGlance
-from migratio.remote import RemoteShell
-from migratio.sites import load_site
+from migratio.local.commands import Commands
+from migratio.openstack import rsync
+from migratio.openstack.headnode import RemoteGlance
+from migratio.openstack.ssh import RemoteShell
 from tests.helpers import write_site
 from tests.http_double import free_port
 from tests.openstack_lab import head_site
@@ -180,8 +180,8 @@ def test_rsync_to_the_head_node_keeps_holes_and_reports_progress(lab, shell, tmp
     reports = []
     try:
         Commands(logging.getLogger("test")).run(
-            transfer.rsync_argv(src, dest, site, bandwidth_limit=100000),
-            on_output=transfer.progress_callback(32 * MiB, lambda d, t, r: reports.append(d)))
+            rsync.rsync_argv(src, dest, site, bandwidth_limit=100000),
+            on_output=rsync.progress_callback(32 * MiB, lambda d, t, r: reports.append(d)))
         code, out, _ = shell.run(["stat", "-c", "%s %b %B", dest])
         size, blocks, block_size = map(int, out.split())
         assert size == 32 * MiB and blocks * block_size < 8 * MiB
@@ -197,7 +197,7 @@ def test_rsync_with_a_wrong_known_hosts_is_a_host_key_error(lab, tmp_path):
     src.write_bytes(b"x")
     site = head_site(lab, known_hosts=str(other_known_hosts(tmp_path, lab, line_for_host=True)))
     result = Commands(logging.getLogger("test")).run(
-        transfer.rsync_argv(src, f"{site.staging_dir}/never", site), check=False)
+        rsync.rsync_argv(src, f"{site.staging_dir}/never", site), check=False)
     assert result.returncode in (12, 255)  # 12 alone would look like a lost link: stderr decides
-    error = transfer.failure(result.returncode, result.stderr_tail, site)
+    error = rsync.failure(result.returncode, result.stderr_tail, site)
     assert isinstance(error, HostKeyError) and "does not match" in str(error)

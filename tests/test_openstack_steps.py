@@ -5,11 +5,12 @@ import uuid
 
 import pytest
 
+from migratio.conf.sites import OpenStackOptions, RegisterOptions, Site
 from migratio.errors import ImageNotFound, PermanentError, VerificationFailed
-from migratio.pipeline import Context, SourceImage
-from migratio.services import Services
-from migratio.sites import OpenStackSite, RegisterOptions, Site
-from migratio.status import DictMeta, JobInfo
+from migratio.openstack.glance import SourceImage
+from migratio.pipeline.runner import Context
+from migratio.pipeline.services import Services
+from migratio.pipeline.status import DictMeta, JobInfo
 from migratio.steps import common, openstack
 from tests.helpers import config_factory
 
@@ -63,7 +64,7 @@ class Lines:
 def make_ctx(tmp_path):
     def make(dest: MemoryGlance, **site_kw):
         config = config_factory(tmp_path)
-        options = OpenStackSite(host="h", user="u", register=RegisterOptions(via="api", cloud="b"), **site_kw)
+        options = OpenStackOptions(host="h", user="u", register=RegisterOptions(via="api", cloud="b"), **site_kw)
         site = Site("site-b", "openstack", tmp_path / "sites/site-b.conf", options)
         services = Services(source_glance=None, glance=lambda cloud: dest, remote=None, aws=None, nova=None)
         image_id = str(uuid.uuid4())

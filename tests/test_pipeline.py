@@ -2,10 +2,10 @@
 
 import pytest
 
+from migratio.conf.sites import Site
 from migratio.errors import PermanentError
-from migratio.pipeline import Context, Step, run_pipeline
-from migratio.sites import Site
-from migratio.status import DictMeta, JobInfo, ProgressThrottle
+from migratio.pipeline.runner import Context, Step, run_pipeline
+from migratio.pipeline.status import DictMeta, JobInfo, ProgressThrottle
 from tests.helpers import config_factory
 
 

@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from migratio import qemu
-from migratio.commands import Commands
 from migratio.errors import PermanentError, UnsafeImage
+from migratio.local import qemu
+from migratio.local.commands import Commands
 
 MiB = 1024 * 1024
 

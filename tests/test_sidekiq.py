@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from migratio import sidekiq
-from migratio.sidekiq import BadPayload, parse_migration
+from migratio.queue import sidekiq
+from migratio.queue.sidekiq import BadPayload, parse_migration
 
 IMAGE = "6c3a7a9e-5f0e-4b43-9f4b-2f2b8a3a1d11"
 JID = "8394fda58e89c539b5e37475"

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from rq.job import Job
 
-from migratio.feedback import FeedbackSink, feedback_client
-from migratio.ingest import dead_letters
-from migratio.pipeline import Step
-from migratio.queue import migration_queue
+from migratio.pipeline.runner import Step
+from migratio.pipeline.status import JobInfo
+from migratio.queue.enqueue import migration_queue
+from migratio.queue.feedback import FeedbackSink, feedback_client
+from migratio.queue.ingest import dead_letters
+from migratio.queue.worker import build_app, connect, run_worker
 from migratio.redact import Redactor
-from migratio.status import JobInfo
-from migratio.worker import build_app, connect, run_worker
 from tests.fixtures.sidekiq import wait_until
 from tests.helpers import config_factory, write_site
 
@@ -116,9 +116,9 @@ def test_sidekiq_8_integer_millisecond_jobs_are_migrated_too(site, tmp_path, red
 CRASHING_INGEST = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from migratio.config import load_config
-    from migratio.ingest import Ingest, ingest_client
-    from migratio.queue import migration_queue
+    from migratio.conf.config import load_config
+    from migratio.queue.ingest import Ingest, ingest_client
+    from migratio.queue.enqueue import migration_queue
 
     config = load_config(Path(sys.argv[1]))
     client = ingest_client(config.redis_url, 1)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from migratio.conf.sites import AwsOptions, OpenStackOptions, list_sites, load_site
 from migratio.errors import ConfigError, InvalidInput
-from migratio.remote import command_line, source_env_file
-from migratio.sites import AwsSite, OpenStackSite, list_sites, load_site
+from migratio.openstack.ssh import command_line, source_env_file
 from migratio.steps import DEFAULT_PIPELINES, build_steps
 from tests.helpers import write_site
 
@@ -18,11 +18,11 @@ CONFIG_DIR = Path(__file__).parent.parent / "config"
 def test_shipped_examples_load():
     openstack = load_site(CONFIG_DIR, "external_openstack")
     assert openstack.type == "openstack"
-    assert isinstance(openstack.options, OpenStackSite)
+    assert isinstance(openstack.options, OpenStackOptions)
     assert openstack.options.known_hosts == Path("/etc/migratio/known_hosts")
     assert openstack.limits.max_concurrent == 2
     amazon = load_site(CONFIG_DIR, "amazon")
-    assert isinstance(amazon.options, AwsSite)
+    assert isinstance(amazon.options, AwsOptions)
     assert amazon.options.import_mode == "ebs-direct"
     assert [s.name for s in build_steps(amazon)] == DEFAULT_PIPELINES["aws"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from migratio import stream
+from migratio.conf.sites import OpenStackOptions
 from migratio.errors import CommandFailed, HostKeyError, TransientError
-from migratio.sites import OpenStackSite
+from migratio.openstack import stream
 
 IMAGE_ID = "0f3c2e1a-5b6d-4c7e-8f90-a1b2c3d4e5f6"
 FAKE_GLANCE = f"""#!/bin/sh
@@ -163,8 +163,8 @@ def test_feeder_writes_the_file_and_reports_progress(tmp_path):
     assert out.getvalue() == data and seen[-1] == len(data)
 
 
-def site(**kw) -> OpenStackSite:
-    return OpenStackSite(**{"host": "head.example.org", "user": "glance", "port": 2222,
+def site(**kw) -> OpenStackOptions:
+    return OpenStackOptions(**{"host": "head.example.org", "user": "glance", "port": 2222,
                             "known_hosts": Path("/etc/migratio/known_hosts"), **kw})
 
 
@@ -178,8 +178,8 @@ def run_job(lab, redis_server, tmp_path, clean_lab_images):
     import yaml
     from rq.job import Job
 
-    from migratio.queue import enqueue_migration, migration_queue
-    from migratio.worker import build_app, run_worker
+    from migratio.queue.enqueue import enqueue_migration, migration_queue
+    from migratio.queue.worker import build_app, run_worker
     from tests.helpers import config_factory, write_site
     from tests.openstack_lab import site_conf
 

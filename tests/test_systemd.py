@@ -12,7 +12,7 @@ import yaml
 from labservices import free_port
 from rq.job import Job
 
-from migratio.queue import enqueue_migration, migration_queue
+from migratio.queue.enqueue import enqueue_migration, migration_queue
 from tests.gatestep import REPO, WorkerProcess, entered_key, open_key, wait_for
 from tests.helpers import config_factory, write_site
 

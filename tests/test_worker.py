@@ -6,15 +6,15 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
+from labservices import RedisServer
 from rq.job import Job
 
-from migratio.errors import TransientError
-from migratio.pipeline import Step
-from migratio.queue import enqueue_migration, migration_queue
-from migratio.redact import Redactor
 from migratio.cli import main
-from migratio.worker import RedisTooOld, RedisUnavailable, build_app, connect, require_redis, run_worker
-from labservices import RedisServer
+from migratio.errors import TransientError
+from migratio.pipeline.runner import Step
+from migratio.queue.enqueue import enqueue_migration, migration_queue
+from migratio.queue.worker import RedisTooOld, RedisUnavailable, build_app, connect, require_redis, run_worker
+from migratio.redact import Redactor
 from tests.helpers import config_factory, write_site
 
 IMAGE = "0f8e2c4a-1b2c-4d5e-8f90-123456789abc"

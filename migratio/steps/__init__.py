@@ -1,9 +1,9 @@
 """The step registry: each site type's steps by name, and its default pipeline."""
 
-from ..errors import ConfigError
-from ..pipeline import Step
-from ..sites import Site
-from . import aws, common, openstack
+from migratio.conf.sites import Site
+from migratio.errors import ConfigError
+from migratio.pipeline.runner import Step
+from migratio.steps import aws, common, openstack
 
 REGISTRY: dict[str, dict[str, type[Step]]] = {
     "openstack": {

@@ -3,19 +3,21 @@
 import os
 from typing import Any
 
-from .. import amis, ebs_direct, vm_import
-from ..aws_clients import AwsClients, client_token
-from ..errors import PermanentError, VerificationFailed
-from ..pipeline import Context, SourceImage, Step
-from ..sites import AwsSite
-from . import common
+from migratio.aws import amis, ebs_direct, vm_import
+from migratio.aws.clients import AwsClients, client_token
+from migratio.conf.sites import AwsOptions
+from migratio.errors import PermanentError, VerificationFailed
+from migratio.openstack.glance import SourceImage
+from migratio.origin import SOURCE_CS, SOURCE_T, SOURCE_UUID
+from migratio.pipeline.runner import Context, Step
+from migratio.steps import common
 
 AMI_TIMEOUT = 3600  # seconds for a registered AMI to become available
 PENDING_TIMEOUT = 1800  # seconds dedupe waits for a pending AMI left by an earlier attempt
 BAD_STATES = ("failed", "error", "invalid")
 
 
-def _site(ctx: Context) -> AwsSite:
+def _site(ctx: Context) -> AwsOptions:
     return ctx.site.options
 
 
@@ -112,8 +114,8 @@ class Tag(Step):
         tags = amis.source_tags(image.id, ctx.job.source_site, image.name)
         aws.ec2.create_tags(Resources=[ami, *snapshots], Tags=tags)
         _verify(amis.describe(aws, ami), ami, tags)
-        return (f"AMI {ami} tagged ({common.SOURCE_T} {ctx.job.source_site}, {common.SOURCE_UUID} {image.id}, "
-                f"{common.SOURCE_CS} {ctx.job.source_site})")
+        return (f"AMI {ami} tagged ({SOURCE_T} {ctx.job.source_site}, {SOURCE_UUID} {image.id}, "
+                f"{SOURCE_CS} {ctx.job.source_site})")
 
 
 def _verify(image: dict[str, Any] | None, ami: str, tags: list[dict[str, str]]) -> None:

@@ -4,21 +4,13 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import hashes, qemu
-from ..errors import ImageNotFound, NotEnoughSpace
-from ..pipeline import Context, SourceImage, Step
+from migratio.errors import ImageNotFound, NotEnoughSpace
+from migratio.local import hashes, qemu
+from migratio.openstack.glance import SourceImage
+from migratio.pipeline.runner import Context, Step
+from migratio.units import MiB, whole_mib
 
-MiB = 1024 * 1024
 SPACE_MARGIN = 64 * MiB  # kept free in work_dir on top of what a file needs
-
-# Where a copy came from: Glance properties of an OpenStack copy, tags of an AMI (and its snapshots).
-# Atmosphere (vmt_updater.rb#source_t_and_uuid) links a copy to its template's appliance type by
-# source_t (the source site = config `name`) + source_uuid (the source image id); source_cs is
-# source_t's pre-2015 name, still written for older Atmospheres. A copy counts as ours when
-# source_uuid is the image id and either site key names this site (old tool / older migratio
-# copies carry only source_cs).
-SOURCE_T, SOURCE_UUID, SOURCE_CS = "source_t", "source_uuid", "source_cs"
-SOURCE_SITE_KEYS = (SOURCE_T, SOURCE_CS)
 
 
 class Locate(Step):
@@ -38,9 +30,9 @@ class Locate(Step):
         store_file = ctx.config.images_dir / image.id
         if _usable(store_file, image, ctx):
             image.path = store_file
-            return f"Image located ({_mib(image.size)}, {image.disk_format})"
+            return f"Image located ({whole_mib(image.size)}, {image.disk_format})"
         image.path = _download(ctx, glance, image)
-        return f"Image downloaded from Glance ({_mib(image.size)}, {image.disk_format})"
+        return f"Image downloaded from Glance ({whole_mib(image.size)}, {image.disk_format})"
 
 
 class Inspect(Step):
@@ -52,7 +44,7 @@ class Inspect(Step):
         image = _image(ctx)
         data = qemu.info(ctx.commands, image.path, image.disk_format)
         image.virtual_size = qemu.check_safe(data, image.path)
-        return f"Image inspected ({image.disk_format}, virtual size {_mib(image.virtual_size)})"
+        return f"Image inspected ({image.disk_format}, virtual size {whole_mib(image.virtual_size)})"
 
 
 class Convert(Step):
@@ -86,7 +78,7 @@ class Convert(Step):
         ctx.payload, ctx.payload_format = dest, target
         ctx.payload_hash = hashes.file_hashes(dest, ("md5", "sha512"))
         took = ctx.clock() - start
-        return f"Image converted to {target} ({_mib(os.path.getsize(dest))} in {took:.0f} s)"
+        return f"Image converted to {target} ({whole_mib(os.path.getsize(dest))} in {took:.0f} s)"
 
 
 class Cleanup(Step):
@@ -113,8 +105,8 @@ def source_hashes(image: SourceImage) -> dict[str, str]:
 def ensure_space(directory: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(directory).free
     if free < needed + SPACE_MARGIN:
-        raise NotEnoughSpace(f"not enough space in {directory} for {what}: need {_mib(needed + SPACE_MARGIN)}, "
-                             f"{_mib(free)} free")
+        raise NotEnoughSpace(f"not enough space in {directory} for {what}: need {whole_mib(needed + SPACE_MARGIN)}, "
+                             f"{whole_mib(free)} free")
 
 
 def _usable(path: Path, image: SourceImage, ctx: Context) -> bool:
@@ -141,5 +133,3 @@ def _image(ctx: Context) -> SourceImage:
     return ctx.image
 
 
-def _mib(n: int | None) -> str:
-    return "?" if n is None else f"{n / MiB:.0f} MiB" if n >= MiB else f"{n} bytes"

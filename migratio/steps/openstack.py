@@ -13,11 +13,14 @@ import shlex
 import time
 from typing import Any, Iterator
 
-from .. import glance_cli, hashes, qemu, stream, transfer
-from ..errors import ConfigError, PermanentError, UnsafeImage, VerificationFailed
-from ..glance_cli import RemoteGlance
-from ..pipeline import Context, Step
-from .common import SOURCE_CS, SOURCE_SITE_KEYS, SOURCE_T, SOURCE_UUID
+from migratio import origin as origins
+from migratio.errors import ConfigError, PermanentError, UnsafeImage, VerificationFailed
+from migratio.local import hashes, qemu
+from migratio.openstack import headnode, rsync, stream
+from migratio.openstack.headnode import RemoteGlance
+from migratio.origin import SOURCE_UUID
+from migratio.pipeline.runner import Context, Step
+from migratio.units import whole_mib
 
 STALE = frozenset({"queued", "saving", "killed", "uploading", "importing"})  # left by a crashed run
 GOING = frozenset({"deleted", "pending_delete"})  # on their way out: ignored
@@ -26,7 +29,6 @@ SETTLE_TIMEOUT = 600.0
 REGISTER_CLEANUP = "delete the half-registered destination image"
 CONVERTED_ONLY_PREFIX = "owner_specified.openstack."  # hashes of the source bytes: stale after convert
 PAYLOAD_MD5 = "owner_specified.openstack.md5"  # on converted copies: md5 of the bytes that were sent
-MiB = 1024 * 1024
 
 
 class Dedupe(Step):
@@ -94,14 +96,14 @@ class Transfer(Step):
         else:
             _remote(ctx, ["mkdir", "-p", "--", options.staging_dir], "mkdir of the staging dir")
         size = payload.stat().st_size
-        argv = transfer.rsync_argv(payload, remote_path, options, ctx.site.limits.bandwidth_limit)
+        argv = rsync.rsync_argv(payload, remote_path, options, ctx.site.limits.bandwidth_limit)
         start = ctx.clock()
         result = ctx.commands.run(argv, what="rsync", check=False,
-                                  on_output=transfer.progress_callback(size, ctx.progress))
+                                  on_output=rsync.progress_callback(size, ctx.progress))
         if result.returncode != 0:
-            raise transfer.failure(result.returncode, result.stderr_tail, options)
+            raise rsync.failure(result.returncode, result.stderr_tail, options)
         ctx.progress(size, size)
-        return f"Image transferred ({_mib(size)} in {ctx.clock() - start:.0f} s)"
+        return f"Image transferred ({whole_mib(size)} in {ctx.clock() - start:.0f} s)"
 
 
 class Register(Step):
@@ -233,7 +235,7 @@ def _stream(ctx: Context, payload, remote_path: str) -> str | None:
         raise PermanentError(f"remote glance image-create on {ctx.site.id}: no image id in its output")
     ctx.result = {"dest_image_id": image_id, "already_present": False}
     took = ctx.clock() - start
-    return f"Image transferred ({_mib(size)} in {took:.0f} s, streamed into Glance on {ctx.site.id})"
+    return f"Image transferred ({whole_mib(size)} in {took:.0f} s, streamed into Glance on {ctx.site.id})"
 
 
 def _head_glance(ctx: Context, fields: dict[str, Any], size: int) -> stream.HeadGlance:
@@ -243,12 +245,11 @@ def _head_glance(ctx: Context, fields: dict[str, Any], size: int) -> stream.Head
         client = dest.install_client(options.staging_dir)
     if client:
         return stream.client_commands(shlex.split(options.remote_python), client, fields, size)
-    return stream.cli_commands(shlex.split(options.glance_command), glance_cli.create_args(**fields), size)
+    return stream.cli_commands(shlex.split(options.glance_command), headnode.create_args(**fields), size)
 
 
 def origin(ctx: Context) -> dict[str, str]:
-    """What every copy we make carries (whatever the source image held under these keys)."""
-    return {SOURCE_T: ctx.config.name, SOURCE_UUID: ctx.job.image_id, SOURCE_CS: ctx.config.name}
+    return origins.origin(ctx.job.image_id, ctx.config.name)
 
 
 def copies_filter(ctx: Context) -> dict[str, str]:
@@ -360,11 +361,7 @@ def _settled(ctx: Context, dest, image_id: str) -> dict[str, Any]:
 
 
 def _is_ours(image: dict[str, Any], ctx: Context) -> bool:
-    """A copy of this image from this site: made by us (source_t) or by an older migratio or the old
-    tool (only source_cs)."""
-    site = ctx.config.name
-    return (str(image.get(SOURCE_UUID, "")) == ctx.job.image_id
-            and any(str(image.get(k, "")) == site for k in SOURCE_SITE_KEYS))
+    return origins.is_copy(image, ctx.job.image_id, ctx.config.name)
 
 
 def _delete_created(ctx: Context, created: list[str]) -> None:
@@ -399,5 +396,3 @@ def _int(value: object) -> int | None:
         return None
 
 
-def _mib(n: int) -> str:
-    return f"{n / MiB:.0f} MiB" if n >= MiB else f"{n} bytes"

@@ -58,7 +58,7 @@ read_config() {
     "$dir/.venv/bin/python" - "$1" <<'EOF'
 import sys
 from pathlib import Path
-from migratio.config import load_config
+from migratio.conf.config import load_config
 from migratio.errors import MigratioError
 try:
     c = load_config(Path(sys.argv[1]))

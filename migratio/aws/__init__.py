@@ -1,0 +1,1 @@
+"""Amazon clients: boto3 sessions, AMIs, EBS direct snapshots, VM Import."""

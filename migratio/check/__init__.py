@@ -1,0 +1,1 @@
+"""`migratio check`: the preflight probes."""

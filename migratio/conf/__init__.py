@@ -1,0 +1,1 @@
+"""Configuration: config.yml, destination site confs (typed options), the old tool's shell confs, validation."""

@@ -1,0 +1,140 @@
+"""Destination site confs: `<sites_dir>/<site_id>.conf`, YAML or the old tool's shell format."""
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+from migratio import ids
+from migratio.conf import legacy
+from migratio.conf.config import read_yaml
+from migratio.conf.validation import build, convert
+from migratio.errors import ConfigError, InvalidInput
+
+SUFFIX = ".conf"
+
+
+@dataclass(frozen=True)
+class RegisterOptions:
+    via: Literal["ssh", "api"] = "ssh"
+    cloud: str | None = None  # clouds.yaml cloud of the destination, for via: api
+
+
+@dataclass(frozen=True)
+class BootCheck:
+    flavor: str
+    network: str | None = None
+    timeout: int = 900
+    delete_image_on_failure: bool = False
+
+
+@dataclass(frozen=True)
+class OpenStackOptions:
+    host: str
+    user: str
+    port: int = 22
+    key_file: Path | None = None
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    staging_dir: str = "/var/tmp/migratio-staging"
+    remote_env_file: str | None = None
+    glance_command: str = "glance"
+    remote_python: str | None = "python3"  # runs migratio's small Glance API client there; None: CLI only
+    disk_format: str | None = None
+    register: RegisterOptions = field(default_factory=RegisterOptions)
+    boot_check: BootCheck | None = None
+    ssh_cipher: str | None = None
+    compress: bool = False
+    stream: bool = True  # ssh the image straight into `glance image-upload` (not with compress or via api)
+    connect_timeout: int = 20
+
+
+@dataclass(frozen=True)
+class AwsOptions:
+    region: str
+    endpoint_url: str | None = None
+    profile: str | None = None  # a named profile of the shared AWS config; None: the default chain
+    bucket: str | None = None
+    import_mode: Literal["ebs-direct", "vm-import"] = field(
+        default="ebs-direct", metadata={"key": "import"}
+    )
+    role_name: str = "vmimport"
+    vm_import_format: Literal["raw", "vmdk"] = "vmdk"
+    architecture: Literal["x86_64", "arm64", "i386"] = "x86_64"
+    boot_mode: Literal["legacy-bios", "uefi", "uefi-preferred"] | None = None
+    ena_support: bool = True
+    root_device_name: str = "/dev/xvda"
+    blocks_in_flight: int = 8
+    poll_interval: int = 15
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_concurrent: int | None = None
+    bandwidth_limit: int | None = None  # KiB/s, like rsync --bwlimit
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    type: Literal["openstack", "aws"]
+    path: Path
+    options: OpenStackOptions | AwsOptions
+    pipeline: list[str] | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+OPTIONS = {"openstack": OpenStackOptions, "aws": AwsOptions}
+COMMON_KEYS = ("type", "pipeline", "max_concurrent", "bandwidth_limit")
+
+
+def site_path(sites_dir: Path, site_id: str) -> Path:
+    """The conf file of a site; the id is validated before the path is built."""
+    try:
+        safe = ids.site_id(site_id)
+    except InvalidInput as exc:
+        raise InvalidInput(f"destination site: {exc}") from None
+    return sites_dir / f"{safe}{SUFFIX}"
+
+
+def load_site(sites_dir: Path, site_id: str) -> Site:
+    path = site_path(sites_dir, site_id)
+    if not path.is_file():
+        raise ConfigError(f"unknown destination site '{site_id}': no file {path}")
+    text = _read(path)
+    data = legacy.parse(text, path) if legacy.looks_legacy(text) else read_yaml(path)
+    return _site(site_id, path, data)
+
+
+def list_sites(sites_dir: Path) -> list[str]:
+    if not sites_dir.is_dir():
+        return []
+    return sorted(p.stem for p in sites_dir.glob(f"*{SUFFIX}") if ids.SITE_ID_RE.fullmatch(p.stem))
+
+
+def _site(site_id: str, path: Path, data: object) -> Site:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys")
+    kind = data.get("type")
+    if kind not in OPTIONS:
+        raise ConfigError(f"{path}: key 'type' must be one of {', '.join(OPTIONS)}, got {kind!r}")
+    rest = {k: v for k, v in data.items() if k not in COMMON_KEYS}
+    options = build(OPTIONS[kind], rest, str(path))
+    limits = build(Limits, {k: data[k] for k in ("max_concurrent", "bandwidth_limit") if k in data}, str(path))
+    pipeline = convert(list[str] | None, data.get("pipeline"), f"{path}: key 'pipeline'")
+    options = _resolve_paths(options, path.parent)
+    return Site(site_id, kind, path, options, pipeline, limits)
+
+
+def _resolve_paths(options, base: Path):
+    changes = {
+        f.name: base / getattr(options, f.name).expanduser()
+        for f in fields(options)
+        if isinstance(getattr(options, f.name), Path)
+    }
+    return replace(options, **changes)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None

@@ -1,0 +1,1 @@
+"""This host: subprocesses, qemu-img, per-job work dirs, hashes."""

@@ -1,0 +1,331 @@
+"""Ingest: Atmosphere's Sidekiq jobs on `<namespace>:queue:migration_<name>` become RQ migrations.
+
+Nothing lost, nothing run twice, several workers per site:
+
+1. Each ingest consumer (one per `migratio worker` process) registers in the set
+   `<ns>:migratio:ingest:<name>:consumers` and keeps a heartbeat key `...:alive:<consumer>`
+   (SET EX, refreshed every `heartbeat_ttl / 3` s) before it takes anything.
+2. It takes a payload with BLMOVE from the queue's right end (Sidekiq clients LPUSH, servers
+   BRPOP) into its own list `...:processing:<consumer>`. The move is atomic: each payload is in
+   exactly one list at any time, so two consumers never take the same payload.
+3. A valid payload becomes the RQ job `sidekiq-<jid>`; it is enqueued only if no RQ job with that
+   id exists, then removed from the processing list. A process dying before the enqueue leaves
+   the payload in its list (recovered below); dying after it makes the recovered copy a no-op.
+4. Recovery (at start, then every `recover_every` s) moves the processing list of every consumer
+   whose heartbeat has expired back to the queue's right end, in one Lua script that checks the
+   heartbeat first, so a live consumer's in-flight payload is never taken. A consumer frozen for
+   longer than the heartbeat TTL can have its payload recovered while it still holds it; a
+   per-jid claim (SET NX, `claim_ttl`) then serialises the two so the job is enqueued once.
+   (Not covered: a freeze longer than `claim_ttl` inside one check-then-enqueue. RQ's atomic
+   enqueue options, a pipeline or `unique=True`, refuse the rate-limited jobs of sites with
+   `max_concurrent`, hence the claim.)
+5. A payload that cannot be a migration is moved (atomically, from the processing list) to the
+   dead-letter list `<ns>:migratio:dead` as JSON {payload, reason, at, queue, consumer}, logged,
+   and answered with a feedback line when it names a valid image UUID and a destination.
+"""
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from rq import Queue
+
+from migratio.conf.config import Config
+from migratio.conf.sites import load_site, site_path
+from migratio.errors import ConfigError, MigratioError
+from migratio.pipeline.status import REJECTED, JobInfo, StatusSink
+from migratio.queue.enqueue import enqueue_migration
+from migratio.queue.sidekiq import BadPayload, MigrationRequest, key, parse_migration, queue_key
+
+log = logging.getLogger("migratio.ingest")
+
+JOB_PREFIX = "sidekiq-"
+
+# KEYS: alive, processing, source, consumers; ARGV: consumer. -1 when the consumer is alive.
+_RECOVER = """
+if redis.call('exists', KEYS[1]) == 1 then return -1 end
+local n = 0
+while redis.call('lmove', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') do n = n + 1 end
+redis.call('srem', KEYS[4], ARGV[1])
+return n
+"""
+# KEYS: processing, dead; ARGV: payload, entry, max length. 0 when the payload was not there.
+_DEAD = """
+if redis.call('lrem', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('lpush', KEYS[2], ARGV[2])
+redis.call('ltrim', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+return 1
+"""
+# KEYS: processing, source; ARGV: payload. Back to the end of the line.
+_BACK = """
+if redis.call('lrem', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+return redis.call('lpush', KEYS[2], ARGV[1])
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class IngestKeys:
+    namespace: str
+    site: str
+
+    @property
+    def source(self) -> str:
+        return queue_key(self.namespace, f"migration_{self.site}")
+
+    @property
+    def dead(self) -> str:
+        return dead_key(self.namespace)
+
+    @property
+    def consumers(self) -> str:
+        return self._own("consumers")
+
+    def processing(self, consumer: str) -> str:
+        return self._own(f"processing:{consumer}")
+
+    def alive(self, consumer: str) -> str:
+        return self._own(f"alive:{consumer}")
+
+    def claim(self, jid: str) -> str:
+        return self._own(f"claim:{jid}")
+
+    def _own(self, name: str) -> str:
+        return key(self.namespace, f"migratio:ingest:{self.site}:{name}")
+
+
+def dead_key(namespace: str) -> str:
+    return key(namespace, "migratio:dead")
+
+
+def dead_letters(client: redis.Redis, namespace: str, count: int = 100) -> list[dict[str, Any]]:
+    """The newest `count` dead-letter entries (what an operator would inspect)."""
+    return [json.loads(entry) for entry in client.lrange(dead_key(namespace), 0, count - 1)]
+
+
+def ingest_client(redis_url: str, block: float) -> redis.Redis:
+    """Ingest's own connection: BLMOVE blocks, so the socket timeout must outlast it; the loop
+    does its own backoff, so the client retries only once (a stale connection)."""
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=block + 10,
+                                health_check_interval=30, retry=Retry(NoBackoff(), 1))
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Ingest:
+    """Moves this site's Sidekiq migration jobs into its RQ queue (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis, config: Config, queue: Queue,
+                 feedback: StatusSink | None = None, *, consumer: str | None = None,
+                 block: float = 2.0, heartbeat_ttl: int = 30, recover_every: float = 15.0,
+                 claim_ttl: int = 60, dead_max: int = 10000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.redis, self.config, self.queue, self.feedback = client, config, queue, feedback
+        self.keys = IngestKeys(config.namespace, config.name)
+        self.consumer = consumer or consumer_name()
+        self.processing = self.keys.processing(self.consumer)
+        self.block, self.heartbeat_ttl, self.recover_every = block, heartbeat_ttl, recover_every
+        self.claim_ttl, self.dead_max, self.clock = claim_ttl, dead_max, clock
+        self._last_beat = self._last_recover = float("-inf")
+        self._recheck = False  # own processing list may hold a payload an error left behind
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Take and convert jobs until `stop` is set; Redis outages are waited out."""
+        log.info("ingest %s: taking Sidekiq jobs from %s", self.consumer, self.keys.source)
+        failing, delay = False, 1.0
+        while not stop.is_set():
+            try:
+                if self.step() == "busy":
+                    stop.wait(1.0)  # its claim holder finishes or the claim expires
+                if failing:
+                    log.info("ingest %s: Redis answers again", self.consumer)
+                failing, delay = False, 1.0
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("ingest %s: Redis error (%s); retrying", self.consumer, exc)
+                failing, self._recheck = True, True
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+            except Exception:
+                log.exception("ingest %s: unexpected error; retrying", self.consumer)
+                self._recheck = True
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        self.close()
+
+    def step(self) -> str | None:
+        """One round: heartbeat and recovery when due, then take and handle one payload."""
+        self._housekeeping()
+        if self._recheck:
+            self._retry_own()
+        raw = self.redis.blmove(self.keys.source, self.processing, self.block, "RIGHT", "LEFT")
+        return None if raw is None else self.handle(raw)
+
+    def drain(self) -> dict[str, int]:
+        """Convert everything queued right now and stop (for `migratio worker --burst`)."""
+        try:
+            self._housekeeping()
+            outcomes = self._retry_own()
+            while (raw := self.redis.lmove(self.keys.source, self.processing, "RIGHT", "LEFT")) is not None:
+                outcomes.append(outcome := self.handle(raw))
+                if outcome == "busy":
+                    break  # put back; taking it again now would only spin
+        finally:
+            self.close()
+        return dict(Counter(outcomes))
+
+    def close(self) -> None:
+        """Unregister: drop the heartbeat and hand anything still held back to the queue."""
+        try:
+            self.redis.delete(self.keys.alive(self.consumer))
+            self._recover_one(self.consumer)
+        except redis.RedisError as exc:
+            log.warning("ingest %s: could not unregister (%s); others recover it after %ss",
+                        self.consumer, exc, self.heartbeat_ttl)
+
+    def beat(self) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.keys.alive(self.consumer), str(time.time()), ex=self.heartbeat_ttl)
+        pipe.sadd(self.keys.consumers, self.consumer)
+        pipe.execute()
+        self._last_beat = self.clock()
+
+    def recover(self, scan: bool = False) -> int:
+        """Give the payloads held by dead consumers back to the queue; returns how many."""
+        consumers = {c.decode() if isinstance(c, bytes) else c for c in self.redis.smembers(self.keys.consumers)}
+        if scan:  # also lists whose owner never made it into the set
+            prefix = self.keys.processing("")
+            for name in self.redis.scan_iter(match=f"{prefix}*", count=1000):
+                consumers.add((name.decode() if isinstance(name, bytes) else name)[len(prefix):])
+        consumers.discard(self.consumer)
+        total = sum(max(0, self._recover_one(c)) for c in sorted(consumers))
+        self._last_recover = self.clock()
+        return total
+
+    # --- one payload -------------------------------------------------------------------------
+
+    def handle(self, raw: bytes) -> str:
+        """Turn one payload held in our processing list into an RQ job or a dead letter.
+
+        Returns "enqueued", "duplicate", "dead", "busy" (another consumer holds its claim:
+        put back in the queue) or "gone" (no longer ours).
+        """
+        try:
+            request = parse_migration(raw)
+            self._check_site(request)
+        except BadPayload as exc:
+            return self._reject(raw, exc)
+        return self._enqueue(raw, request)
+
+    def _enqueue(self, raw: bytes, request: MigrationRequest) -> str:
+        job_id = JOB_PREFIX + request.jid
+        claim, token = self.keys.claim(request.jid), uuid.uuid4().hex
+        if not self.redis.set(claim, token, nx=True, ex=self.claim_ttl):
+            log.info("ingest %s: job %s is being taken by another consumer; put back", self.consumer, job_id)
+            self.redis.eval(_BACK, 2, self.processing, self.keys.source, raw)
+            return "busy"
+        try:
+            if self.queue.job_class.exists(job_id, connection=self.redis):
+                log.info("ingest %s: job %s already enqueued; dropping the copy", self.consumer, job_id)
+                outcome = "duplicate"
+            else:
+                try:
+                    enqueue_migration(self.queue, self.config, request.image_id, request.dest,
+                                      job_id=job_id, meta=_meta(request))
+                except MigratioError as exc:  # e.g. a destination conf with a bad limit
+                    return self._reject(raw, BadPayload(str(exc), request.image_id, request.dest, request.jid))
+                log.info("ingest %s: enqueued job %s: migrate %s to %s", self.consumer, job_id,
+                         request.image_id, request.dest)
+                outcome = "enqueued"
+            self.redis.lrem(self.processing, 1, raw)
+            return outcome
+        finally:
+            self.redis.eval(_RELEASE, 1, claim, token)
+
+    def _check_site(self, request: MigrationRequest) -> None:
+        path = site_path(self.config.sites_dir, request.dest)
+        if not path.is_file():
+            raise BadPayload(f"unknown destination site '{request.dest}': no file {path}",
+                             request.image_id, request.dest, request.jid,
+                             brief=f"unknown destination site '{request.dest}'")
+        try:
+            site_type = load_site(self.config.sites_dir, request.dest).type
+        except ConfigError:
+            return  # the worker fails the job with the conf error and reports it
+        if site_type != request.site_type:
+            log.warning("ingest: job %s%s has class %s but site %s is of type %s; the site conf decides",
+                        JOB_PREFIX, request.jid, request.klass, request.dest, site_type)
+
+    def _reject(self, raw: bytes, exc: BadPayload) -> str:
+        text = raw.decode("utf-8", errors="replace")
+        entry = json.dumps({"payload": text, "reason": str(exc), "at": _now_iso(),
+                            "queue": self.keys.source, "consumer": self.consumer})
+        if not self.redis.eval(_DEAD, 2, self.processing, self.keys.dead, raw, entry, self.dead_max):
+            return "gone"
+        log.warning("ingest: rejected a job from %s (moved to %s): %s; payload: %s",
+                    self.keys.source, self.keys.dead, exc, _short(text))
+        if self.feedback and exc.image and exc.dest:
+            info = JobInfo(JOB_PREFIX + (exc.jid or "?"), exc.image, self.config.name, exc.dest, feedback=True)
+            try:
+                self.feedback.emit(info, f"{REJECTED}: {exc.brief}")
+            except Exception as err:  # feedback is best effort
+                log.warning("ingest: could not send the rejection to Atmosphere: %s", err)
+        return "dead"
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = self.clock()
+        if now - self._last_beat >= self.heartbeat_ttl / 3:
+            self.beat()
+        if now - self._last_recover >= self.recover_every:
+            self.recover(scan=self._last_recover == float("-inf"))
+
+    def _retry_own(self) -> list[str]:
+        """Handle what an earlier error left in our own processing list (oldest first)."""
+        outcomes = []
+        while (raw := self.redis.lindex(self.processing, -1)) is not None:
+            outcomes.append(self.handle(raw))
+            if outcomes[-1] == "gone":
+                break
+        self._recheck = False
+        return outcomes
+
+    def _recover_one(self, consumer: str) -> int:
+        moved = self.redis.eval(_RECOVER, 4, self.keys.alive(consumer), self.keys.processing(consumer),
+                                self.keys.source, self.keys.consumers, consumer)
+        if moved > 0:
+            log.warning("ingest %s: gave %d job(s) held by stopped consumer %s back to %s",
+                        self.consumer, moved, consumer, self.keys.source)
+        return moved
+
+
+def _meta(request: MigrationRequest) -> dict[str, Any]:
+    return {"source": "atmosphere", "sidekiq_jid": request.jid, "sidekiq_class": request.klass,
+            "sidekiq_created_at": request.created_at}
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

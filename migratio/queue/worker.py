@@ -1,0 +1,265 @@
+"""`migratio worker`: an RQ worker on this site's migration queue."""
+
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping
+
+import redis
+from rq import Worker
+from rq.registry import StartedJobRegistry
+
+from migratio.conf.config import Config
+from migratio.errors import ConfigError, MigratioError
+from migratio.local.workdirs import remove_stale
+from migratio.pipeline.services import Services, default_services, preload
+from migratio.pipeline.status import FanOut, LogSink, StatusSink
+from migratio.queue.enqueue import migration_queue
+from migratio.queue.feedback import FeedbackRelay, FeedbackSink, feedback_client
+from migratio.queue.ingest import Ingest, ingest_client
+from migratio.queue.job import bind_app
+from migratio.queue.migration import App
+from migratio.queue.recovery import free_dead_scheduler_lock, recover_abandoned
+from migratio.redact import Redactor
+
+log = logging.getLogger("migratio.worker")
+
+INGEST_BLOCK = 2.0  # seconds ingest blocks on Atmosphere's queue between checks for shutdown
+FEEDBACK_FLUSH = 30.0  # seconds a work-horse keeps retrying undelivered status lines before exiting
+REDIS_OUTAGE_WAIT = 600.0  # seconds a work-horse waits for Redis to come back to record a job's outcome
+MIN_REDIS = (6, 2)  # BLMOVE/LMOVE: RQ 3 and the ingest
+NEEDED_COMMANDS = ("blmove", "lmove")
+
+
+class RedisUnavailable(MigratioError):
+    pass
+
+
+class RedisTooOld(ConfigError):
+    """The Redis server lacks what RQ 3 and the ingest use: restarting cannot help."""
+
+
+def connect(config: Config, redact: Redactor) -> redis.Redis:
+    """A Redis client that answered PING and can run migratio; one clear error if not."""
+    client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=5, health_check_interval=30,
+                                  retry_on_timeout=True)
+    where = redact(config.redis_url)
+    try:
+        client.ping()
+        require_redis(client, where)
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}") from None
+    return client
+
+
+def require_redis(client: redis.Redis, where: str) -> str:
+    """The server's version; RedisTooOld unless it is >= 6.2 with BLMOVE and LMOVE enabled."""
+    version = str(client.info("server").get("redis_version", "0"))
+    numbers = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
+    need = ".".join(map(str, MIN_REDIS))
+    if numbers < MIN_REDIS:
+        raise RedisTooOld(f"Redis at {where} is version {version}; migratio needs Redis >= {need} "
+                          f"(BLMOVE/LMOVE, used by RQ 3 and the Atmosphere ingest)")
+    missing = [c.upper() for c in NEEDED_COMMANDS if not _has_command(client, c)]
+    if missing:
+        raise RedisTooOld(f"Redis at {where} (version {version}) has no {' and no '.join(missing)} command "
+                          f"(renamed or disabled with rename-command); migratio needs it (Redis >= {need})")
+    return version
+
+
+def _has_command(client: redis.Redis, name: str) -> bool:
+    """Asked without arguments, a known command says so ("wrong number of arguments"), and
+    does nothing; a renamed or disabled one is unknown."""
+    try:
+        client.execute_command(name.upper())
+    except redis.ResponseError as exc:
+        return "unknown command" not in str(exc).lower()
+    return True
+
+
+def build_app(config: Config, client: redis.Redis, services: Services | None = None,
+              sinks: tuple[StatusSink, ...] = (), environ: Mapping[str, str] | None = None,
+              redact: Redactor | None = None, feedback: bool = True) -> App:
+    """With `feedback`, status lines also go to Atmosphere (`<namespace>:queue:feedback`)."""
+    services = services or default_services(config, environ)
+    redact = redact or Redactor()
+    if feedback:
+        sinks = (feedback_sink(config, redact), *sinks)
+    return App(config, client, services, FanOut(LogSink(), *sinks), redact=redact)
+
+
+def feedback_sink(config: Config, redact: Redactor) -> FeedbackSink:
+    return FeedbackSink(feedback_client(config.redis_url), config.namespace, redact,
+                        interval=config.feedback_interval)
+
+
+class MigratioWorker(Worker):
+    """RQ's forking worker, made to live through a Redis restart.
+
+    The parent keeps watching its work-horse when a heartbeat cannot reach Redis (RQ would quit
+    and orphan the horse); the horse waits for Redis before recording the job's outcome (RQ
+    would record a finished migration as a crash), then delivers buffered status lines.
+    """
+
+    after_job: Callable[[], None] | None = None
+    redis_outage_wait: float = REDIS_OUTAGE_WAIT
+    revive_scheduler: bool = False  # not in burst mode, where the scheduler runs inline once
+
+    def perform_job(self, job, queue, execution) -> bool:
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            if self.after_job:
+                self.after_job()
+
+    def execute_job(self, job, queue) -> None:
+        super().execute_job(job, queue)
+        self._revive_scheduler()
+
+    def maintain_heartbeats(self, job, execution) -> None:
+        try:
+            super().maintain_heartbeats(job, execution)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("worker %s: heartbeat for job %s not sent, Redis unreachable (%s); "
+                        "the job goes on", self.name, job.id, exc)
+            return
+        self._revive_scheduler()
+
+    def _revive_scheduler(self) -> None:
+        """Restart RQ's scheduler process if it died (it does when Redis goes away); RQ itself
+        only checks at its 10-minute maintenance, and retries with a backoff wait for it."""
+        scheduler = self.scheduler
+        if not self.revive_scheduler or scheduler is None or self._stop_requested:
+            return  # a stopping worker must not start a new scheduler process (it would wait on it)
+        if scheduler._process is not None and scheduler._process.is_alive():
+            return
+        try:
+            scheduler.acquire_locks(auto_start=True)
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # the next heartbeat tries again
+
+    def handle_execution_ended(self, job, queue, heartbeat_ttl) -> None:
+        wait_for_redis(self.connection, self.redis_outage_wait, f"record the outcome of job {job.id}")
+        super().handle_execution_ended(job, queue, heartbeat_ttl)
+
+
+def run_worker(app: App, burst: bool = False, worker_class: type[Worker] = MigratioWorker,
+               ingest: bool = True) -> bool:
+    """Consume jobs until stopped (SIGTERM: warm shutdown) or, with burst, until the queue is empty.
+
+    With `ingest`, Atmosphere's Sidekiq jobs are moved into the queue too: by a thread of this
+    (parent) process, or once before starting with burst.
+    """
+    bind_app(app)
+    preload()
+    queue = migration_queue(app.config, app.redis)
+    recover(app, queue)
+    worker = worker_class([queue], connection=app.redis)
+    if isinstance(worker, MigratioWorker):
+        worker.after_job = lambda: flush_status(app.status, FEEDBACK_FLUSH)
+        worker.revive_scheduler = not burst
+    log.info("worker %s (pid %s) consuming %s", worker.name, os.getpid(), queue.name)
+    with relaying(app.config):
+        if not ingest:
+            return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
+        with ingesting(app, burst):
+            return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
+
+
+@contextmanager
+def relaying(config: Config) -> Iterator[FeedbackRelay]:
+    """The feedback relay as a thread of this (main) process: work-horses never wait for the
+    feedback interval; lines that wait are sent from here (see migratio.feedback)."""
+    client = feedback_client(config.redis_url)
+    relay = FeedbackRelay(client, config.namespace, config.feedback_interval)
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop(timeout=2 * config.feedback_interval + 5)
+        client.close()
+
+
+@contextmanager
+def ingesting(app: App, burst: bool) -> Iterator[Ingest]:
+    """Ingest running for the duration (its own Redis connections: it runs beside RQ's forks)."""
+    config = app.config
+    client = ingest_client(config.redis_url, INGEST_BLOCK)
+    feedback = feedback_sink(config, app.redact)
+    ingest = Ingest(client, config, migration_queue(config, client), feedback, block=INGEST_BLOCK)
+    stop, thread = threading.Event(), None
+    try:
+        if burst:
+            _drain(ingest)
+        else:
+            thread = threading.Thread(target=ingest.run, args=(stop,), name="ingest", daemon=True)
+            thread.start()
+        yield ingest
+    finally:
+        stop.set()
+        if thread:
+            thread.join(INGEST_BLOCK + 15)
+        feedback.flush(5)
+        client.close()
+
+
+def recover(app: App, queue) -> None:
+    """At start: hand back jobs a dead worker of this host left started, then remove temp dirs
+    of jobs that no longer run (work_dir is shared by this host's workers)."""
+    for job_id in recover_abandoned(queue, app.config.name, app.status):
+        log.warning("job %s was left running by a worker that died: handed back to RQ", job_id)
+    free_dead_scheduler_lock(queue)  # else retries scheduled with a backoff wait for its expiry
+    remove_stale(app.config.work_dir, lambda: started_job_ids(app.redis))
+
+
+def started_job_ids(client: redis.Redis) -> set[str]:
+    """Ids of the jobs running now, on any queue of this Redis."""
+    from rq import Queue
+
+    ids: set[str] = set()
+    for queue in Queue.all(connection=client):
+        ids.update(StartedJobRegistry(queue.name, connection=client).get_job_ids(cleanup=False))
+    return ids
+
+
+def wait_for_redis(client: redis.Redis, timeout: float, what: str) -> bool:
+    """Block until Redis answers PING (True) or `timeout` seconds passed (False)."""
+    deadline, delay, warned = time.monotonic() + timeout, 0.5, False
+    while True:
+        try:
+            client.ping()
+            if warned:
+                log.info("Redis answers again: going on to %s", what)
+            return True
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                log.error("Redis still unreachable after %.0fs: cannot %s (%s)", timeout, what, exc)
+                return False
+            if not warned:
+                log.warning("Redis unreachable (%s): waiting up to %.0fs to %s", exc, timeout, what)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def flush_status(status: object, timeout: float) -> None:
+    """Give every sink that buffers (the feedback sink) up to `timeout` s to deliver."""
+    for sink in getattr(status, "sinks", (status,)):
+        flush = getattr(sink, "flush", None)
+        if flush:
+            try:
+                flush(timeout)
+            except Exception as exc:
+                log.warning("status sink %s could not flush: %s", type(sink).__name__, exc)
+
+
+def _drain(ingest: Ingest) -> None:
+    try:
+        counts = ingest.drain()
+    except redis.RedisError as exc:
+        log.error("ingest: could not take Atmosphere's jobs from %s: %s", ingest.keys.source, exc)
+        return
+    if counts:
+        log.info("ingest: %s", ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
