@@ -14,13 +14,13 @@ test: deps venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: deps venv
-	$(VENV)/bin/python support/demo.py --root $(LAB)
+	$(VENV)/bin/python -m support.demo --root $(LAB)
 
 demo-stop:
-	$(VENV)/bin/python support/lab/lab.py stop --root $(LAB)
+	$(VENV)/bin/python -m support.lab stop --root $(LAB)
 
 bench: deps venv
-	$(VENV)/bin/python bench/run.py --root $(LAB)
+	$(VENV)/bin/python -m bench.run --root $(LAB)
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
@@ -42,5 +42,5 @@ install-systemd: venv
 	support/systemd/install.sh
 
 clean:
-	-$(VENV)/bin/python support/lab/lab.py stop --root $(LAB)
+	-$(VENV)/bin/python -m support.lab stop --root $(LAB)
 	rm -rf $(VENV) $(LAB)

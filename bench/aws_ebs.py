@@ -25,9 +25,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 MiB = 1024 * 1024
 EXTENT = 4 * MiB  # data is written in runs of this size, at random places
 

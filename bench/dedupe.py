@@ -13,12 +13,11 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from destinations import Destination
-from flows import legacy_checksum, legacy_list
-
+from bench.destinations import Destination
+from bench.flows import legacy_checksum, legacy_list
 from migratio.openstack import auth
-from migratio.openstack.glance import Glance
-from migratio.openstack.headnode import RemoteGlance
+from migratio.openstack.destination import open_destination
+from migratio.openstack.glance import GlanceClient
 from migratio.openstack.ssh import RemoteShell
 
 REPEAT = 3
@@ -39,11 +38,8 @@ def fill(dest: Destination, existing: list[str], count: int) -> None:
 def migratio_ssh(site_options, filters: dict) -> float:
     """Seconds for what the dedupe step does via ssh: connect, one filtered list, close."""
     start = time.monotonic()
-    shell = RemoteShell.connect(site_options)
-    try:
-        RemoteGlance(shell, site_options, "site-b").find(filters)
-    finally:
-        shell.close()
+    with open_destination(site_options, "site-b", api=None, connect=RemoteShell.connect) as glance:
+        glance.find(filters)
     return time.monotonic() - start
 
 
@@ -51,7 +47,7 @@ def migratio_api(glance_url: str, filters: dict) -> float:
     """Seconds for the dedupe step via the Glance API (`register: via api`): one GET."""
     start = time.monotonic()
     session = auth.session(None, None, {"OS_IMAGE_URL": glance_url, "OS_AUTH_TOKEN": "lab-token"})
-    Glance(session, site="site-b").find(filters)
+    GlanceClient(session, site="site-b").find(filters)
     return time.monotonic() - start
 
 

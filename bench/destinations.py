@@ -8,8 +8,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import lab as labmod
-from netns import Link, NetnsGlanceSite, NetnsSshd
+from bench.netns import Link, NetnsGlanceSite, NetnsSshd
+from support.lab.images import GlanceAPI
+from support.lab.lab import HEAD_ENV, HEAD_TOKEN, Lab
 
 SSH_OPTIONS = ("-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "Compression=no")
@@ -43,8 +44,8 @@ class Destination:
         """A remote shell line running argv after sourcing the head node's env file."""
         return f". {shlex.quote(str(self.env_file))} && " + shlex.join(argv)
 
-    def api(self) -> labmod.GlanceAPI:
-        return labmod.GlanceAPI(self.glance_url)
+    def api(self) -> GlanceAPI:
+        return GlanceAPI(self.glance_url)
 
     def site_conf(self, **extra) -> dict:
         """migratio's site conf for this destination (YAML keys)."""
@@ -61,7 +62,7 @@ class Destination:
         return n
 
 
-def loopback(lab: labmod.Lab, scratch: Path) -> Destination:
+def loopback(lab: Lab, scratch: Path) -> Destination:
     """The lab as it is: head node sshd and site-b Glance on 127.0.0.1."""
     head, site = lab.head_node, lab.site_b
     tmp = scratch / "loopback-head-tmp"
@@ -77,7 +78,7 @@ class NetnsSite:
     `stop()` stops them and removes the namespace and the pair. Use it as a context manager.
     """
 
-    def __init__(self, lab: labmod.Lab, directory: Path, subnet: str | None = None):
+    def __init__(self, lab: Lab, directory: Path, subnet: str | None = None):
         self.dir = directory
         self.link = Link(subnet=subnet)
         venv, db = Path(lab.info["venv"]), Path(lab.info["pristine_db"])
@@ -98,9 +99,9 @@ class NetnsSite:
             self.stop()
             raise
         env_file = self.glance.dir / "head-env.sh"
-        env_file.write_text(labmod.HEAD_ENV.format(
+        env_file.write_text(HEAD_ENV.format(
             site="site-b (benchmark, in its netns)", url=shlex.quote(self.glance.glance_url),
-            token=labmod.HEAD_TOKEN, bin=shlex.quote(str(self.venv / "bin"))))
+            token=HEAD_TOKEN, bin=shlex.quote(str(self.venv / "bin"))))
         for sub in ("staging", "head-tmp"):
             (self.dir / sub).mkdir(exist_ok=True)
         self.destination = Destination(

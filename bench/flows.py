@@ -20,9 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
-from destinations import Destination, remote
-from measure import Bytes, TreeSampler
-
+from bench.destinations import Destination, remote
+from bench.measure import Bytes, TreeSampler
 from migratio.openstack.stream import Pacer  # the same rate limit as migratio's stream (no saved-up credit)
 
 CHUNK = 1024 * 1024

@@ -11,13 +11,13 @@ from datetime import datetime
 from pathlib import Path
 
 import redis
-from labconfig import write_migratio_config
-from measure import TreeSampler
 from rq import Queue, Worker
 from rq.job import Job, JobStatus
 
+from bench.measure import TreeSampler
 from migratio.conf.config import load_config
 from migratio.queue.enqueue import enqueue_migration, migration_queue
+from support.lab.config import write_migratio_config
 
 DEST_SITE = "site-b"
 ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)

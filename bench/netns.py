@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import file_lock
-from labservices import GLANCE_API_CONF, GUNICORN_CONF, GlanceSite, Sshd, ssh_banner
+from support.lab.glance_venv import file_lock
+from support.lab.services import GLANCE_API_CONF, GUNICORN_CONF, GlanceSite, Sshd, ssh_banner
 
 NETNS_PREFIX = "migratio-bench-"  # + the pid of the benchmark that made it
 POOL = "10.231.0.0/16"            # /30s for the veth pairs are taken from here

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """`make bench`: migratio against the copy ceiling and the old tool's flow, on the lab.
 
-    .venv/bin/python bench/run.py [--root .lab] [--sizes 4G,16G] [--quick] [--cap-mbit 200]
+    .venv/bin/python -m bench.run [--root .lab] [--sizes 4G,16G] [--quick] [--cap-mbit 200]
                                   [--cases veth-capped,veth-unshaped,loopback] [--aws]
 
 Cases: `veth-*` put site-b (its head node sshd and its Glance) in a network namespace behind a
@@ -23,15 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for path in (HERE, REPO / "support" / "lab", REPO):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from bench import report
+from bench.suite import CASES, FLOWS, Options, run_bench
+from support.lab.lab import Lab
 
-import lab as labmod  # noqa: E402
-import report  # noqa: E402
-from suite import CASES, FLOWS, Options, run_bench  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 QUICK = dict(sizes=["512M", "1G"], cases=["veth-capped", "loopback"], dedupe_counts=[10, 100],
              dedupe_sample=5)
@@ -106,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root).resolve()
     run_dir = Path(args.run_dir).resolve() if args.run_dir else root / "bench-run"
     scratch = run_dir / "bench"
-    lab = labmod.Lab(root, run_dir)
+    lab = Lab(root, run_dir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks and atexit
     if not args.reuse_lab:
         atexit.register(lab.stop)

@@ -12,14 +12,13 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import dedupe
-import flows
-import lab as labmod
-from destinations import Destination, NetnsSite, loopback
-from measure import Bytes, mb, shim_env, write_ssh_shim
-from migratio_flow import WorkerProcess, write_config
-
+from bench import dedupe, flows
+from bench.destinations import Destination, NetnsSite, loopback
+from bench.measure import Bytes, mb, shim_env, write_ssh_shim
+from bench.migratio_flow import WorkerProcess, write_config
 from migratio.conf.sites import load_site
+from support.lab.images import make_qcow2, parse_size
+from support.lab.lab import HEAD_TOKEN, Lab
 
 MiB = 1024 * 1024
 CASES = {  # name -> (link, capped)
@@ -44,7 +43,7 @@ ASSUMPTIONS = [
     "migration can be faster than max(ceiling, glance-floor)",
     "cap: the same rate for all three, at the transfer itself (tc is not used: this kernel's tbf/htb "
     "undershoot): migratio gets it as its site conf's bandwidth_limit (KiB/s), which paces its ssh "
-    "stream (migratio.stream.Pacer; rsync --bwlimit on its rsync path); legacy: rsync --bwlimit; "
+    "stream (migratio.openstack.stream.Pacer; rsync --bwlimit on its rsync path); legacy: rsync --bwlimit; "
     "ceiling: the same Pacer on the benchmark's pipe into ssh. None saves up credit while stalled",
     "bytes sent: veth root-end tx counter on the veth link (all traffic: data, ssh, control); on "
     "loopback what the ssh clients report sent (`ssh -E LOG -o LogLevel=VERBOSE` via a PATH shim; "
@@ -94,7 +93,7 @@ class Image:
     prepare_s: dict
 
 
-def run_bench(lab: labmod.Lab, opts: Options, scratch: Path, log=print) -> dict:
+def run_bench(lab: Lab, opts: Options, scratch: Path, log=print) -> dict:
     """Run every case of `opts` on a started lab; `scratch` holds logs, configs and temp files."""
     unknown = [c for c in opts.cases if c not in CASES]
     if unknown:
@@ -136,13 +135,13 @@ def run_bench(lab: labmod.Lab, opts: Options, scratch: Path, log=print) -> dict:
 # --------------------------------------------------------------------------- images
 
 
-def prepare_image(lab: labmod.Lab, size: str, opts: Options, scratch: Path, log) -> Image:
-    virtual = labmod.parse_size(size)
+def prepare_image(lab: Lab, size: str, opts: Options, scratch: Path, log) -> Image:
+    virtual = parse_size(size)
     data_mib = max(1, int(virtual // MiB * opts.data_percent / 100))
     log(f"== image {size}: {data_mib} MiB of data, made with qemu-img and uploaded to site-a")
     made = scratch / f"bench-{size}.qcow2"
     t0 = time.monotonic()
-    labmod.make_qcow2(made, size, data_mib, seed=zlib.crc32(size.encode()))
+    make_qcow2(made, size, data_mib, seed=zlib.crc32(size.encode()))
     t1 = time.monotonic()
     try:
         record = lab.upload_image("site-a", made, f"bench-{size}")
@@ -162,7 +161,7 @@ def prepare_image(lab: labmod.Lab, size: str, opts: Options, scratch: Path, log)
                   "legacy_raw_s": round(t3 - t2, 1)})
 
 
-def _drop_images(lab: labmod.Lab, images: list[Image]) -> None:
+def _drop_images(lab: Lab, images: list[Image]) -> None:
     for image in images:
         with contextlib.suppress(Exception):
             lab.site_a.api().delete_image(image.id)
@@ -238,7 +237,7 @@ def use_api(config: Path, dest: Destination) -> None:
     directory = config.parent
     clouds = json.loads((directory / "clouds.yaml").read_text())  # JSON is YAML
     clouds["clouds"]["bench-dest"] = {"auth_type": "admin_token",
-                                      "auth": {"endpoint": dest.glance_url, "token": labmod.HEAD_TOKEN}}
+                                      "auth": {"endpoint": dest.glance_url, "token": HEAD_TOKEN}}
     (directory / "clouds.yaml").write_text(json.dumps(clouds, indent=2))
     conf = directory / "sites" / "site-b.conf"
     site = json.loads(conf.read_text())

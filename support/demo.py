@@ -1,5 +1,6 @@
-#!/usr/bin/env python3
 """`make demo`: a real migration site-a -> site-b on the local lab, end to end.
+
+Run from the repository root: ``python -m support.demo [--root .lab]``.
 
 Starts (or reuses) the lab, puts a real qcow2 image (made with qemu-img: real data and holes)
 into site-a, starts a real `migratio worker`, enqueues the migration with `migratio migrate
@@ -12,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "support" / "lab"))
-
-import lab as labmod  # noqa: E402
-from labconfig import write_migratio_config  # noqa: E402
+from support.lab.config import write_migratio_config
+from support.lab.images import make_qcow2
+from support.lab.lab import Lab
+from support.lab.services import REPO
 
 DEMO_IMAGE = "migratio-demo"
 
@@ -30,7 +30,7 @@ def main() -> int:
     root = Path(args.root).resolve()
 
     print("== starting the lab (two Glance sites, site-b's head node over ssh, Redis)")
-    lab = labmod.Lab(root).start(reuse=True)
+    lab = Lab(root).start(reuse=True)
     config = write_migratio_config(lab, root / "demo")
     image = demo_image(lab, root, args.size, args.data_mib)
     print(f"== site-a image {image['id']}: {image['name']}, {image['disk_format']}, "
@@ -45,7 +45,7 @@ def main() -> int:
         worker.send_signal(signal.SIGTERM)  # warm shutdown
         worker.wait(timeout=120)
     if code != 0:
-        print(f"demo: the migration failed; see .lab/demo/log/migratio.log", file=sys.stderr)
+        print("demo: the migration failed; see .lab/demo/log/migratio.log", file=sys.stderr)
         return code
     return show_result(lab, image)
 
@@ -57,7 +57,7 @@ def demo_image(lab, root: Path, size: str, data_mib: int) -> dict:
             return existing
     path = root / "demo" / "demo.qcow2"
     print(f"== making a {size} qcow2 with {data_mib} MiB of data and uploading it to site-a")
-    labmod.make_qcow2(path, size, data_mib)
+    make_qcow2(path, size, data_mib)
     try:
         return lab.upload_image("site-a", path, DEMO_IMAGE, os_distro="demo")
     finally:
@@ -75,7 +75,7 @@ def show_result(lab, source: dict) -> int:
     print(f"   source_t={copy.get('source_t')} source_uuid={copy.get('source_uuid')} "
           f"source_cs={copy.get('source_cs')}")
     print(f"   sha512 {copy['os_hash_value'][:32]}... {'matches' if same else 'DIFFERS FROM'} site-a's")
-    print(f"== the lab is still running; stop it with: make demo-stop")
+    print("== the lab is still running; stop it with: make demo-stop")
     return 0 if same else 1
 
 

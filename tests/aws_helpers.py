@@ -8,10 +8,8 @@ from pathlib import Path
 from migratio.aws.clients import AwsClients
 from migratio.aws.ebs_direct import BLOCK_SIZE
 from migratio.openstack.glance import SourceImage
-from migratio.pipeline.runner import Context
-from migratio.pipeline.services import Services
-from migratio.pipeline.status import DictMeta, JobInfo
-from tests.helpers import config_factory
+from migratio.pipeline.context import Context
+from tests.builders import given_services, make_context
 
 
 @dataclass
@@ -47,18 +45,6 @@ def make_zero_extent_raw(path: Path) -> Disk:
     return Disk(path, size, {0, 3}, {1, 2})
 
 
-class Lines:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def emit(self, job, text: str) -> None:
-        self.lines.append(text)
-
-
-def unusable(*_args):
-    raise AssertionError("not used by the AWS steps")
-
-
 @dataclass
 class AwsJob:
     ctx: Context
@@ -78,14 +64,10 @@ def aws_context(tmp_path: Path, site, payload: Path | None, *, name: str = "test
         made.append(clients)
         return clients
 
-    services = Services(source_glance=unusable, glance=unusable, remote=unusable, aws=aws, nova=unusable)
-    workdir = tmp_path / "work" / "job"
-    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = make_context(tmp_path, site, services=given_services(aws=aws), job_id=f"job-{uuid.uuid4().hex[:8]}",
+                       image_id=image_id, workdir=tmp_path / "work" / "job")
     size = payload.stat().st_size if payload else 0
-    image = SourceImage(id=image_id, name=name, disk_format=payload_format, container_format="bare", size=size,
-                        properties=properties or {}, path=payload, virtual_size=virtual_size or size)
-    ctx = Context(job=JobInfo(f"job-{uuid.uuid4().hex[:8]}", image_id, "site-a", site.id),
-                  config=config_factory(tmp_path), site=site, services=services, workdir=workdir,
-                  meta=DictMeta(), status=Lines())
-    ctx.image, ctx.payload, ctx.payload_format = image, payload, payload_format
+    ctx.image = SourceImage(id=image_id, name=name, disk_format=payload_format, container_format="bare", size=size,
+                            properties=properties or {}, path=payload, virtual_size=virtual_size or size)
+    ctx.payload, ctx.payload_format = payload, payload_format
     return AwsJob(ctx, image_id, made)

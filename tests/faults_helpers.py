@@ -1,4 +1,4 @@
-"""Fault injection for tests/test_faults.py: real processes, real signals, real services.
+"""Fault injection for tests/test_faults_*.py: real processes, real signals, real services.
 
 - FaultRedis: a private redis-server that persists every write (AOF) and wants a password, so a
   restart keeps the queue and the jobs (as a production Redis does) and secrets are in play.
@@ -19,15 +19,11 @@ import sys
 import threading
 from pathlib import Path
 
-from labservices import HOST, RedisServer, redis_ping
+from support.lab.services import HOST, REPO, RedisServer, redis_ping
+from tests import waiting
 
-from tests import gatestep
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-# gatestep's wait_for, with twice its default timeout: the fault tests restart whole workers
-wait_for = functools.partial(gatestep.wait_for, timeout=120)
+# tests.waiting.wait_for, with twice its default timeout: the fault tests restart whole workers
+wait_for = functools.partial(waiting.wait_for, timeout=120)
 
 
 # -- Redis

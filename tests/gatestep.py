@@ -17,14 +17,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import redis
 
 from migratio.cli import main
 from migratio.errors import TransientError
-from migratio.pipeline.runner import Context, Step
+from migratio.pipeline.context import Context
+from migratio.pipeline.runner import Step
 from migratio.steps import REGISTRY
+from support.lab.services import REPO
 
 GATE_TIMEOUT = 300
 MIB = 1024 * 1024
@@ -53,13 +54,11 @@ class Gate(Step):
                 raise TransientError(f"gate of {ctx.site.id} never opened")
             time.sleep(0.05)
         ctx.meta.update(gate_left=time.time())
-        ctx.result["dest_image_id"] = f"gated-{ctx.job.job_id}"
+        ctx.dest_image_id = f"gated-{ctx.job.job_id}"
         return "Gate passed"
 
 
 REGISTRY["openstack"][Gate.name] = Gate
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class WorkerProcess:
@@ -100,22 +99,6 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.wait(timeout=10)
 
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60, proc=None, interval: float = 0.05):
-    """Poll until predicate() is truthy (returns it); fail naming `what` after `timeout` seconds,
-    or as soon as `proc` (a worker process with `.proc` and `.stderr`) has exited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.proc.poll() is not None:
-            raise AssertionError(f"worker exited ({proc.proc.returncode}) while waiting for {what}:\n"
-                                 f"{proc.stderr[-6000:]}")
-        if time.monotonic() > deadline:
-            extra = f"\nworker stderr:\n{proc.stderr[-6000:]}" if proc is not None else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
-        time.sleep(interval)
 
 if __name__ == "__main__":
     main()

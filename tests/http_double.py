@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from labservices import free_port  # noqa: F401  (re-exported for the tests)
+from support.lab.services import free_port  # noqa: F401  (re-exported for the tests)
 
 
 @dataclass

@@ -14,11 +14,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from labconfig import write_migratio_config
-from labservices import free_port
 from rq.job import Job
 
-from migratio.queue import sidekiq
+from migratio.queue import keys, sidekiq
+from support.lab.config import write_migratio_config
+from support.lab.services import free_port
 from tests.faults_helpers import Worker, wait_for
 from tests.fixtures.sidekiq import ruby_lines
 
@@ -178,7 +178,7 @@ def test_failure_shows_failed(site, atmosphere, glance_image, cause):
 
 @pytest.mark.lab
 def test_retried_then_finished_shows_the_retry_and_then_finished(site, atmosphere, glance_image, lab):
-    """The head node is down for the first attempt (a transient failure, as in test_faults),
+    """The head node is down for the first attempt (a transient failure, as in test_faults_link),
     back for a later one."""
     img = glance_image(data_mib=1)
     site.configure(retries=5, retry_intervals=[2])
@@ -208,7 +208,7 @@ def test_retried_then_finished_shows_the_retry_and_then_finished(site, atmospher
 
 def push_line(redis_client, image_id: str, text: str) -> None:
     """One status line as migratio's FeedbackSink pushes it, without any pacing."""
-    payload = sidekiq.job_payload(sidekiq.FEEDBACK_CLASS, [image_id, SOURCE, DEST, text], sidekiq.FEEDBACK_QUEUE,
+    payload = sidekiq.job_payload(sidekiq.FEEDBACK_CLASS, [image_id, SOURCE, DEST, text], keys.FEEDBACK_QUEUE,
                                   retry=False)
     sidekiq.push(redis_client, "atmosphere", payload)
 

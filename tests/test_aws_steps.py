@@ -364,6 +364,6 @@ def test_source_tags_name_the_keys_atmosphere_reads():
 
 
 def test_amis_imports_on_its_own():
-    """migratio.amis takes the key names from migratio.steps.common (which imports migratio.amis again)."""
-    for module in ("migratio.amis", "migratio.vm_import", "migratio.ebs_direct"):
+    """migratio.aws.amis takes the key names from migratio.origin, not from the steps that import it."""
+    for module in ("migratio.aws.amis", "migratio.aws.vm_import", "migratio.aws.ebs_direct"):
         subprocess.run([sys.executable, "-c", f"import {module}"], check=True)

@@ -2,18 +2,14 @@
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-
-import report  # noqa: E402
-import run as bench_run  # noqa: E402
-from netns import namespaces  # noqa: E402
-from suite import Options, run_bench  # noqa: E402
+from bench import report
+from bench import run as bench_run
+from bench.netns import namespaces
+from bench.suite import Options, run_bench
 
 pytestmark = pytest.mark.lab
 MiB = 1024 * 1024

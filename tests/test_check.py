@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from labservices import RedisServer, free_port
 
-from migratio.check.probes import parse_df
+from migratio.check.openstack import parse_df
 from migratio.cli import main
 from migratio.units import parse_size
-from tests.gatestep import REPO
-from tests.helpers import config_factory, write_site
+from support.lab.services import REPO, RedisServer, free_port
+from tests.builders import config_factory, write_site
+from tests.openstack_lab import impostor_known_hosts, new_key
 
 CLEAN_ENV = {name: None for name in os.environ if name.startswith(("OS_", "AWS_"))}
 
@@ -188,10 +188,8 @@ def test_stopped_sshd(lab_check):
 @pytest.mark.lab
 def test_wrong_host_key(lab_check, tmp_path):
     lab, site, check = lab_check
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "impostor")], check=True)
     head = lab.head_node
-    impostor = " ".join((tmp_path / "impostor.pub").read_text().split()[:2])
-    (tmp_path / "known_hosts").write_text(f"[{head.host}]:{head.port} {impostor}\n")
+    impostor_known_hosts(tmp_path / "known_hosts", head.host, head.port)
     site(known_hosts=str(tmp_path / "known_hosts"))
     code, checks, lines = check("site-b")
     assert code == 1
@@ -212,8 +210,7 @@ def test_wrong_host_key(lab_check, tmp_path):
 def test_bad_credentials(lab_check, tmp_path):
     lab, site, check = lab_check
     head = lab.head_node
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
-    site(key_file=str(tmp_path / "stranger"))
+    site(key_file=str(new_key(tmp_path / "stranger")))
     _, _, lines = check("site-b")
     login = next(ln for ln in lines if "ssh login" in ln)
     assert login == (f"FAIL  site-b: ssh login: ssh {head.user}@{head.host}:{head.port}: authentication failed "

@@ -7,10 +7,13 @@ import pytest
 from click.testing import CliRunner
 from rq.job import Job
 
-from migratio.cli import _line, main
+from migratio.cli import main
+from migratio.cli.render import job_line
 from migratio.queue import views
-from tests.gatestep import REPO, WorkerProcess, entered_key, open_key, wait_for
-from tests.helpers import config_factory, write_site
+from support.lab.services import REPO
+from tests.builders import config_factory, write_site
+from tests.gatestep import WorkerProcess, entered_key, open_key
+from tests.waiting import wait_for
 
 IMAGE_A = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 IMAGE_F = "ffffffff-ffff-4fff-8fff-ffffffffffff"
@@ -153,9 +156,9 @@ def test_status_with_no_jobs_and_unknown_job(cli):
 def test_progress_bar_on_a_terminal():
     view = views.JobView("j1", "started", IMAGE_A, "site-b", step="transfer", bytes_done=512, bytes_total=1024,
                         rate=256.0)
-    assert _line(view, tty=True) == (f"j1  started      {IMAGE_A} -> site-b  step=transfer "
+    assert job_line(view, tty=True) == (f"j1  started      {IMAGE_A} -> site-b  step=transfer "
                                      f"[############............]  50% 512 B/1.0 KiB 256 B/s ETA 0:00:02")
-    assert _line(view, tty=False).endswith("step=transfer 50% 512 B/1.0 KiB 256 B/s ETA 0:00:02")
+    assert job_line(view, tty=False).endswith("step=transfer 50% 512 B/1.0 KiB 256 B/s ETA 0:00:02")
 
 
 def test_sites_lists_each_conf_and_fails_on_a_broken_one(cli):

@@ -7,11 +7,12 @@ import time
 
 import pytest
 import redis
-from labservices import RedisServer, free_port
 
 from migratio.pipeline.status import FanOut, JobInfo
-from migratio.queue.feedback import MAX_LINE, FeedbackRelay, FeedbackSink, feedback_client
+from migratio.queue.connections import feedback_client
+from migratio.queue.feedback import MAX_LINE, FeedbackRelay, FeedbackSink
 from migratio.redact import Redactor
+from support.lab.services import RedisServer, free_port
 
 IMAGE = "6c3a7a9e-5f0e-4b43-9f4b-2f2b8a3a1d11"
 JOB = JobInfo("job-1", IMAGE, "site-a", "site-b", feedback=True)

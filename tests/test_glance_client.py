@@ -1,4 +1,4 @@
-"""migratio.glance.Glance: against the lab's real Glance, and error mapping against a small double."""
+"""migratio.openstack.glance.GlanceClient: against the lab's real Glance, and error mapping against a small double."""
 
 import uuid
 
@@ -9,9 +9,9 @@ from migratio.openstack import auth, glance
 from tests.http_double import HttpDouble, free_port
 
 
-def client(url: str, site: str | None = None) -> glance.Glance:
+def client(url: str, site: str | None = None) -> glance.GlanceClient:
     session = auth.session(None, None, {"OS_IMAGE_URL": url, "OS_AUTH_TOKEN": "lab-token"})
-    return glance.Glance(session, site=site)
+    return glance.GlanceClient(session, site=site)
 
 
 def test_user_properties_skip_glance_fields():

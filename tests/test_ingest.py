@@ -7,11 +7,13 @@ import threading
 import pytest
 from rq.job import Job
 
+from migratio.queue.connections import ingest_client
 from migratio.queue.enqueue import migration_queue
-from migratio.queue.ingest import Ingest, dead_letters, ingest_client
-from tests.fixtures.redis import RedisServer
-from tests.fixtures.sidekiq import wait_until
-from tests.helpers import config_factory, write_site
+from migratio.queue.ingest import Ingest, dead_letters
+from support.lab.services import RedisServer
+from tests.builders import config_factory, write_site
+from tests.doubles import Lines
+from tests.waiting import wait_for
 
 IMAGE = "6c3a7a9e-5f0e-4b43-9f4b-2f2b8a3a1d11"
 SOURCE = "atmosphere:queue:migration_site-a"
@@ -30,16 +32,6 @@ def push(client, *raws: str) -> None:
     for raw in raws:
         client.sadd("atmosphere:queues", "migration_site-a")
         client.lpush(SOURCE, raw)
-
-
-class Recorder:
-    """A StatusSink remembering (job id, image, dest, text)."""
-
-    def __init__(self):
-        self.lines = []
-
-    def emit(self, job, text):
-        self.lines.append((job.job_id, job.image_id, job.dest_site, text))
 
 
 @pytest.fixture
@@ -94,7 +86,7 @@ def test_bad_payloads_go_to_the_dead_letter_list_with_their_reason(config, redis
         payload(7, jid="short"): "invalid jid 'short'",
     }
     push(redis_client, *bad, payload(8))
-    feedback = Recorder()
+    feedback = Lines()
     with caplog.at_level(logging.WARNING, logger="migratio.ingest"):
         assert make_ingest(config, feedback).drain() == {"dead": 6, "enqueued": 1}
     entries = list(reversed(dead_letters(redis_client, "atmosphere")))  # oldest first
@@ -105,7 +97,7 @@ def test_bad_payloads_go_to_the_dead_letter_list_with_their_reason(config, redis
     assert "unknown destination site 'nowhere'" in caplog.text and "atmosphere:migratio:dead" in caplog.text
     assert rq_ids(config, redis_client) == [f"sidekiq-{8:024x}"]
     # Atmosphere hears about the ones that name an image it knows and a destination
-    assert feedback.lines == [
+    assert [(job.job_id, job.image_id, job.dest_site, text) for job, text in feedback.emitted] == [
         (f"sidekiq-{3:024x}", IMAGE, "site-b", "Migration rejected: unknown class 'Atmosphere::Nope' "
          "(expected Migratio::Worker::OpenstackOpenstackMigrator or Migratio::Worker::OpenstackAmazonMigrator)"),
         (f"sidekiq-{4:024x}", IMAGE, "site-b",
@@ -156,7 +148,7 @@ def test_a_dead_consumers_payload_is_recovered_after_its_heartbeat_expires(confi
     dead.beat()
     redis_client.lpush(SOURCE, payload(12))
     redis_client.lmove(SOURCE, dead.processing, "RIGHT", "LEFT")
-    wait_until(lambda: not redis_client.exists(dead.keys.alive("dead")), 30, "heartbeat never expired")
+    wait_for(lambda: not redis_client.exists(dead.keys.alive("dead")), "the heartbeat to expire", timeout=30)
     assert make_ingest(config).drain() == {"enqueued": 1}
     assert redis_client.exists(dead.processing) == 0
     assert not redis_client.sismember(dead.keys.consumers, "dead")
@@ -198,9 +190,10 @@ def test_the_loop_takes_jobs_as_they_come_and_unregisters_on_stop(config, redis_
     thread = threading.Thread(target=ingest.run, args=(stop,))
     thread.start()
     try:
-        wait_until(lambda: redis_client.sismember(ingest.keys.consumers, "looper"), 30, "never registered")
+        wait_for(lambda: redis_client.sismember(ingest.keys.consumers, "looper"), "the consumer to register",
+                 timeout=30)
         push(redis_client, payload(15))
-        wait_until(lambda: Job.exists(f"sidekiq-{15:024x}", redis_client), 30, "job never enqueued")
+        wait_for(lambda: Job.exists(f"sidekiq-{15:024x}", redis_client), "the job to be enqueued", timeout=30)
     finally:
         stop.set()
         thread.join(30)
@@ -219,14 +212,14 @@ def test_the_loop_waits_out_a_redis_outage(tmp_path, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="migratio.ingest"):
             thread.start()
-            wait_until(lambda: "taking Sidekiq jobs" in caplog.text, 30, "loop never started")
+            wait_for(lambda: "taking Sidekiq jobs" in caplog.text, "the loop to start", timeout=30)
             server.stop()
-            wait_until(lambda: "Redis error" in caplog.text, 60, "outage never noticed")
+            wait_for(lambda: "Redis error" in caplog.text, "the outage to be noticed", timeout=60)
             server.start()
             client = ingest_client(server.url, 1)
             push(client, payload(16))
-            wait_until(lambda: Job.exists(f"sidekiq-{16:024x}", client), 90, "job never enqueued")
-            wait_until(lambda: "Redis answers again" in caplog.text, 30, "recovery never logged")
+            wait_for(lambda: Job.exists(f"sidekiq-{16:024x}", client), "the job to be enqueued", timeout=90)
+            wait_for(lambda: "Redis answers again" in caplog.text, "the recovery to be logged", timeout=30)
             client.close()
     finally:
         stop.set()

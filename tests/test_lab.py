@@ -7,13 +7,15 @@ import time
 import urllib.error
 import urllib.request
 
-import lab as lablib
 import pytest
-from labservices import LabError, RedisServer, redis_ping, start_time
+
+from support.lab.glance_venv import ensure_glance_venv, find_uv, venv_spec
+from support.lab.images import file_hashes, make_qcow2, qemu_img_info
+from support.lab.lab import Lab
+from support.lab.services import REPO, LabError, RedisServer, redis_ping, start_time
+from tests.openstack_lab import impostor_known_hosts
 
 pytestmark = pytest.mark.lab
-
-LAB_SCRIPT = lablib.__file__
 
 
 def get_versions(url: str) -> tuple[int, dict]:
@@ -61,7 +63,7 @@ def test_uploaded_image_is_active_and_stored_with_glance_hashes(lab, glance_imag
 
     stored = lab.site_a.images_dir / img.id
     assert stored.stat().st_size == img.size
-    hashes = lablib.file_hashes(stored)
+    hashes = file_hashes(stored)
     assert (hashes["md5"], hashes["sha512"]) == (img.checksum, img.os_hash_value)
 
 
@@ -96,12 +98,7 @@ def test_head_node_rejects_wrong_host_key(lab, tmp_path):
     head = lab.head_node
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    other_key = tmp_path / "other_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)],
-                   check=True)
-    wrong = tmp_path / "wrong_known_hosts"
-    pub = " ".join(other_key.with_suffix(".pub").read_text().split()[:2])
-    wrong.write_text(f"[{head.host}]:{head.port} {pub}\n")
+    wrong = impostor_known_hosts(tmp_path / "wrong_known_hosts", head.host, head.port)
 
     for known_hosts in (empty, wrong):
         res = subprocess.run(head.ssh_command("true", known_hosts=known_hosts),
@@ -125,12 +122,12 @@ def test_redis_restart_keeps_the_port(lab):
 
 
 def test_start_reuses_the_running_lab(lab):
-    again = lablib.Lab(lab.root, lab.run_dir).start(reuse=True)
+    again = Lab(lab.root, lab.run_dir).start(reuse=True)
     assert again.reused
     assert again.pids == lab.pids
-    status = subprocess.run([sys.executable, LAB_SCRIPT, "status", "--root", str(lab.root),
+    status = subprocess.run([sys.executable, "-m", "support.lab", "status", "--root", str(lab.root),
                              "--run-dir", str(lab.run_dir)], check=False, capture_output=True,
-                            text=True)
+                            text=True, cwd=REPO)
     assert status.returncode == 0, status.stdout + status.stderr
     assert "lab running" in status.stdout
 
@@ -144,7 +141,7 @@ def test_stop_by_pid_only_stops_our_process(tmp_path):
         stranger.stop()
         assert redis_ping("127.0.0.1", server.port)
         adopted = RedisServer(tmp_path / "redis", server.port)
-        adopted.adopt(server.pid, server.started)  # as `lab.py stop` does from lab.json
+        adopted.adopt(server.pid, server.started)  # as `python3 -m support.lab stop` does from lab.json
         adopted.stop()
         assert not redis_ping("127.0.0.1", server.port)
         assert start_time(server.pid) is None
@@ -164,8 +161,8 @@ def test_failed_start_reports_the_log(tmp_path):
 
 
 def test_make_qcow2_has_real_data_and_holes(tmp_path):
-    path = lablib.make_qcow2(tmp_path / "disk.qcow2", "256M", 8, seed=1)
-    info = lablib.qemu_img_info(path)
+    path = make_qcow2(tmp_path / "disk.qcow2", "256M", 8, seed=1)
+    info = qemu_img_info(path)
     assert info["format"] == "qcow2"
     assert info["virtual-size"] == 256 * 1024 * 1024
     extents = json.loads(subprocess.run(["qemu-img", "map", "--output=json", str(path)],
@@ -174,15 +171,15 @@ def test_make_qcow2_has_real_data_and_holes(tmp_path):
     assert data == 8 * 1024 * 1024
     assert 8 * 1024 * 1024 < path.stat().st_size < 10 * 1024 * 1024
     subprocess.run(["qemu-img", "check", str(path)], check=True, capture_output=True)
-    again = lablib.make_qcow2(tmp_path / "again.qcow2", "256M", 8, seed=1)
-    assert lablib.file_hashes(again) == lablib.file_hashes(path)
+    again = make_qcow2(tmp_path / "again.qcow2", "256M", 8, seed=1)
+    assert file_hashes(again) == file_hashes(path)
 
 
 def test_glance_venv_is_made_once(lab):
     t0 = time.monotonic()
-    venv = lablib.ensure_glance_venv(lab.root)
+    venv = ensure_glance_venv(lab.root)
     assert time.monotonic() - t0 < 1
-    assert (venv / ".lab-requirements").read_text() == lablib.venv_spec()
+    assert (venv / ".lab-requirements").read_text() == venv_spec()
     version = subprocess.run([str(venv / "bin/python"), "-c",
                               "import importlib.metadata as m; print(m.version('glance'))"],
                              check=True, capture_output=True, text=True).stdout.strip()
@@ -193,4 +190,4 @@ def test_missing_uv_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python3"))
     with pytest.raises(LabError, match="uv not found"):
-        lablib.find_uv()
+        find_uv()

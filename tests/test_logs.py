@@ -14,11 +14,12 @@ from rq.job import Job
 from migratio.errors import TransientError
 from migratio.logs import job_log, job_log_path, setup_logging
 from migratio.pipeline.runner import Step
+from migratio.queue.connections import connect
 from migratio.queue.enqueue import enqueue_migration, migration_queue
-from migratio.queue.worker import build_app, connect, run_worker
+from migratio.queue.worker import build_app, run_worker
 from migratio.redact import Redactor
-from tests.gatestep import REPO
-from tests.helpers import config_factory, write_site
+from support.lab.services import REPO
+from tests.builders import config_factory, write_site
 
 IMAGE_1 = "11111111-1111-4111-8111-111111111111"
 IMAGE_2 = "22222222-2222-4222-8222-222222222222"
@@ -62,7 +63,7 @@ class FailOnce(Step):
             marker.write_text("1")
             raise TransientError("head node went away")
         ctx.commands.run(["true"])
-        ctx.result["dest_image_id"] = "img-2"
+        ctx.dest_image_id = "img-2"
         return "Flaky step done"
 
 

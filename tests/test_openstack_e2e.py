@@ -5,101 +5,24 @@ and qemu-img. The worker runs in this process in burst mode (it forks a work-hor
 """
 
 import hashlib
-import json
 import subprocess
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
-import yaml
-from rq.job import Job
 
-from migratio.queue.enqueue import enqueue_migration, migration_queue
 from migratio.queue.job import migrate
-from migratio.queue.worker import build_app, run_worker
-from tests.helpers import config_factory, write_site
+from migratio.units import MiB
+from tests.builders import STALE_ORIGIN, origin_of
+from tests.fixtures.burst import Outcome
 from tests.http_double import free_port
-from tests.openstack_lab import site_conf
+from tests.openstack_lab import impostor_known_hosts, rename, tamper
 
 pytestmark = pytest.mark.lab
-MiB = 1024 * 1024
-
-
-class FileLines:
-    """Status lines appended to a file (the job runs in a forked work-horse)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def emit(self, job, text):
-        with open(self.path, "a") as f:
-            f.write(text + "\n")
-
-    def lines(self) -> list[str]:
-        return self.path.read_text().splitlines() if self.path.exists() else []
-
-
-@dataclass
-class Outcome:
-    job: Job
-    lines: list[str]
-    config: object
-
-    @property
-    def status(self):
-        return self.job.get_status()
-
-    @property
-    def meta(self):
-        return self.job.meta
-
-    @property
-    def result(self):
-        return self.job.return_value()
-
-    @property
-    def exc_string(self) -> str:
-        latest = self.job.latest_result()
-        return latest.exc_string if latest else ""
-
-
-@pytest.fixture
-def migrate_on_lab(lab, redis_server, redis_client, tmp_path, clean_lab_images):
-    """run(image_id, images_dir=..., **site_overrides) -> Outcome, via a real worker."""
-    clouds = tmp_path / "clouds.yaml"
-    clouds.write_text(yaml.safe_dump({"clouds": {
-        name: {"auth_type": "admin_token", "auth": {"endpoint": site.glance_url, "token": "lab-token"}}
-        for name, site in lab.sites.items()}}))
-    runs = iter(range(1000))
-
-    def run(image_id: str, images_dir: Path | None = None, enqueue=None, **site_overrides) -> Outcome:
-        root = tmp_path / f"run{next(runs)}"
-        root.mkdir()
-        config = config_factory(root, redis_url=redis_server.url, cloud="site-a", clouds_file=str(clouds),
-                                images_dir=str(images_dir or lab.site_a.images_dir),
-                                work_dir=str(root / "work"))
-        write_site(config.sites_dir, "site-b", site_conf(lab, **site_overrides))
-        sink = FileLines(root / "status.log")
-        app = build_app(config, redis.Redis.from_url(redis_server.url), sinks=(sink,))
-        queue = migration_queue(config, app.redis)
-        job = enqueue(queue) if enqueue else enqueue_migration(queue, config, image_id, "site-b")
-        run_worker(app, burst=True)
-        return Outcome(Job.fetch(job.id, connection=app.redis), sink.lines(), config)
-
-    return run
 
 
 def copies_on_b(lab, image_id: str) -> list[dict]:
     return lab.site_b.api().list_images(source_uuid=image_id)
-
-
-def origin_of(image: dict) -> tuple:
-    return image.get("source_t"), image.get("source_uuid"), image.get("source_cs")
-
-
-STALE_ORIGIN = {"source_t": "site-z", "source_uuid": "11111111-2222-3333-4444-555555555555", "source_cs": "site-z"}
 
 
 def staged_files(lab) -> list[str]:
@@ -118,11 +41,6 @@ def sha512(path: Path) -> str:
         while block := f.read(MiB):
             h.update(block)
     return h.hexdigest()
-
-
-def rename(api, image_id: str, name: str) -> None:
-    api.request("PATCH", f"/v2/images/{image_id}", json.dumps([{"op": "replace", "path": "/name", "value": name}])
-                .encode(), headers={"Content-Type": "application/openstack-images-v2.1-json-patch"})
 
 
 HOSTILE_NAME = 'ubuntu "; rm -rf / #$(touch /tmp/migratio-pwned)\n| x | active |'
@@ -264,11 +182,8 @@ def test_missing_image(lab, migrate_on_lab):
 
 def test_wrong_host_key_fails_and_registers_nothing(lab, glance_image, migrate_on_lab, tmp_path):
     img = glance_image()
-    key = tmp_path / "impostor"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    known_hosts = tmp_path / "known_hosts"
     head = lab.head_node
-    known_hosts.write_text(f"[{head.host}]:{head.port} " + " ".join(key.with_suffix(".pub").read_text().split()[:2]))
+    known_hosts = impostor_known_hosts(tmp_path / "known_hosts", head.host, head.port)
     out = migrate_on_lab(img.id, known_hosts=str(known_hosts))
     assert out.status == "failed"
     assert out.meta["error"].startswith(f"host key of {head.host}:{head.port} does not match known_hosts file "
@@ -334,10 +249,7 @@ def test_qcow2_with_a_backing_file_is_refused(lab, glance_image, migrate_on_lab,
     evil = tmp_path / "evil.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", str(evil), "64M"],
                    check=True)
-    store_file = lab.site_a.images_dir / img.id  # the store was tampered with: same size, other bytes
-    store_file.write_bytes(evil.read_bytes())
-    with open(store_file, "r+b") as f:
-        f.truncate(img.size)
+    tamper(lab, img.id, img.size, evil)  # same size, other bytes
     out = migrate_on_lab(img.id)
     assert out.status == "failed"
     assert out.meta["error"] == "image has a backing file ('/etc/shadow'): refused, only self-contained images are migrated"

@@ -14,11 +14,8 @@ from migratio.conf.sites import OpenStackOptions, RegisterOptions, Site
 from migratio.errors import PermanentError, TransientError
 from migratio.openstack import auth
 from migratio.openstack import nova as nova_mod
-from migratio.pipeline.runner import Context
-from migratio.pipeline.services import Services
-from migratio.pipeline.status import DictMeta, JobInfo
 from migratio.steps.openstack import BootCheck
-from tests.helpers import config_factory
+from tests.builders import given_services, make_context
 from tests.http_double import HttpDouble, free_port
 
 
@@ -112,14 +109,6 @@ def test_api_errors_are_translated(nova_api):
         client(f"http://127.0.0.1:{free_port()}").boot("check", str(uuid.uuid4()), "m1")
 
 
-class Lines:
-    def __init__(self):
-        self.lines = []
-
-    def emit(self, job, text):
-        self.lines.append(text)
-
-
 class FakeDest:
     def __init__(self):
         self.deleted = []
@@ -133,15 +122,12 @@ class FakeDest:
 
 
 def boot_ctx(tmp_path, url, check: BootCheckConf):
-    config = config_factory(tmp_path)
     options = OpenStackOptions(host="h", user="u", boot_check=check, register=RegisterOptions(via="api", cloud="b"))
     site = Site("site-b", "openstack", tmp_path / "site-b.conf", options)
     dest = FakeDest()
-    services = Services(source_glance=None, glance=lambda cloud: dest, remote=None, aws=None,
-                        nova=lambda cloud: client(url))
-    ctx = Context(JobInfo("j1", str(uuid.uuid4()), "site-a", "site-b"), config, site, services,
-                  tmp_path / "work", DictMeta(), Lines())
-    ctx.result = {"dest_image_id": str(uuid.uuid4())}
+    ctx = make_context(tmp_path, site, services=given_services(glance=lambda cloud: dest,
+                                                               nova=lambda cloud: client(url)))
+    ctx.dest_image_id = str(uuid.uuid4())
     return ctx, dest
 
 

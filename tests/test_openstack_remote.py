@@ -3,23 +3,23 @@
 import getpass
 import logging
 import socket
-import subprocess
 import uuid
 from dataclasses import replace
 
 import pytest
-from labservices import Sshd
-from labservices import run as lab_run
 
 from migratio.conf.sites import load_site
 from migratio.errors import AuthError, HostKeyError, ImageNotFound, TransientError
 from migratio.local.commands import Commands
 from migratio.openstack import rsync
-from migratio.openstack.headnode import RemoteGlance
+from migratio.openstack.glance_cli import CliGlance
+from migratio.openstack.headnode import HeadNodeGlance
 from migratio.openstack.ssh import RemoteShell
-from tests.helpers import write_site
+from support.lab.services import Sshd
+from support.lab.services import run as lab_run
+from tests.builders import write_site
 from tests.http_double import free_port
-from tests.openstack_lab import head_site
+from tests.openstack_lab import head_site, impostor_known_hosts, new_key
 
 pytestmark = pytest.mark.lab
 MiB = 1024 * 1024
@@ -34,14 +34,9 @@ def shell(lab):
 
 def other_known_hosts(tmp_path, lab, line_for_host: bool):
     """A known_hosts that has either nothing for the head node or another key for it."""
-    key = tmp_path / "other_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    path = tmp_path / "known_hosts"
     head = lab.head_node
-    host = f"[{head.host}]:{head.port}" if line_for_host else "[elsewhere.example]:22"
-    path.write_text(f"{host} {(key.with_suffix('.pub')).read_text().split()[0]} "
-                    f"{(key.with_suffix('.pub')).read_text().split()[1]}\n")
-    return path
+    host, port = (head.host, head.port) if line_for_host else ("elsewhere.example", 22)
+    return impostor_known_hosts(tmp_path / "known_hosts", host, port)
 
 
 def test_arguments_reach_the_remote_command_verbatim(shell, tmp_path):
@@ -115,8 +110,8 @@ def test_exit_code_and_both_streams_even_when_large(shell):
 def test_head_node_client_and_glance_cli_see_the_same_images(lab, shell, glance_image):
     origin = {"source_uuid": str(uuid.uuid4()), "source_cs": "site-x"}
     image = glance_image(site="site-b", properties={**origin, "note": "a | b"})
-    fast = RemoteGlance(shell, head_site(lab), "site-b")  # remote_python: python3 (the default)
-    cli = RemoteGlance(shell, head_site(lab, remote_python=""), "site-b")
+    fast = HeadNodeGlance(shell, head_site(lab), "site-b")  # remote_python: python3 (the default)
+    cli = CliGlance(shell, head_site(lab, remote_python=""), "site-b")
     by_api, by_cli = fast.find(origin), cli.find(origin)
     assert [i["id"] for i in by_api] == [i["id"] for i in by_cli] == [image.id]
     for key in ("status", "checksum", "os_hash_algo", "os_hash_value", "size", "disk_format",
@@ -128,7 +123,7 @@ def test_head_node_client_and_glance_cli_see_the_same_images(lab, shell, glance_
     assert fast.find(origin) == [] and fast.delete(image.id) is False
     with pytest.raises(ImageNotFound):
         fast.show(image.id)
-    assert fast.python == ["python3"]  # it never fell back to the CLI
+    assert fast.cli_reason is None and fast.client.python == ["python3"]  # it never fell back to the CLI
 
 
 def test_unknown_host_key_is_refused(lab, tmp_path):
@@ -152,8 +147,7 @@ def test_missing_known_hosts_file(lab, tmp_path):
 
 
 def test_wrong_client_key_is_an_auth_error(lab, tmp_path):
-    key = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    key = new_key(tmp_path / "stranger")
     with pytest.raises(AuthError, match=f"authentication failed with key {key}"):
         RemoteShell.connect(head_site(lab, key_file=str(key)))
 

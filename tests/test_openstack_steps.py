@@ -5,109 +5,16 @@ import uuid
 
 import pytest
 
-from migratio.conf.sites import OpenStackOptions, RegisterOptions, Site
-from migratio.errors import ImageNotFound, PermanentError, VerificationFailed
-from migratio.openstack.glance import SourceImage
-from migratio.pipeline.runner import Context
-from migratio.pipeline.services import Services
-from migratio.pipeline.status import DictMeta, JobInfo
+from migratio.errors import PermanentError, VerificationFailed
 from migratio.steps import common, openstack
-from tests.helpers import config_factory
-
-DATA = b"\x07" * 5000
-
-
-class MemoryGlance:
-    """The destination's images in a dict; same surface as migratio.glance.Glance."""
-
-    def __init__(self, images=(), store_hash="sha512", corrupt=False):
-        self.images = {i["id"]: dict(i) for i in images}
-        self.store_hash, self.corrupt = store_hash, corrupt
-        self.deleted, self.finds, self.filters = [], 0, []
-
-    def find(self, filters):
-        self.finds += 1
-        self.filters.append(dict(filters))
-        return [dict(i) for i in self.images.values() if all(i.get(k) == v for k, v in filters.items())]
-
-    def show(self, image_id):
-        if image_id not in self.images:
-            raise ImageNotFound(f"image {image_id} not found")
-        return dict(self.images[image_id])
-
-    def delete(self, image_id):
-        self.deleted.append(image_id)
-        return self.images.pop(image_id, None) is not None
-
-    def create(self, name, disk_format, container_format, properties, min_disk=0, min_ram=0):
-        image_id = str(uuid.uuid4())
-        self.images[image_id] = {"id": image_id, "name": name, "status": "queued", "disk_format": disk_format,
-                                 **properties}
-        return image_id
-
-    def upload(self, image_id, path, progress=None):
-        data = path.read_bytes() + (b"!" if self.corrupt else b"")
-        self.images[image_id].update(status="active", size=len(data), checksum=hashlib.md5(data).hexdigest(),
-                                     os_hash_algo=self.store_hash,
-                                     os_hash_value=hashlib.new(self.store_hash, data).hexdigest())
-
-
-class Lines:
-    def __init__(self):
-        self.lines = []
-
-    def emit(self, job, text):
-        self.lines.append(text)
-
-
-@pytest.fixture
-def make_ctx(tmp_path):
-    def make(dest: MemoryGlance, **site_kw):
-        config = config_factory(tmp_path)
-        options = OpenStackOptions(host="h", user="u", register=RegisterOptions(via="api", cloud="b"), **site_kw)
-        site = Site("site-b", "openstack", tmp_path / "sites/site-b.conf", options)
-        services = Services(source_glance=None, glance=lambda cloud: dest, remote=None, aws=None, nova=None)
-        image_id = str(uuid.uuid4())
-        ctx = Context(JobInfo("job-1", image_id, "site-a", "site-b"), config, site, services,
-                      tmp_path / "work", DictMeta(), Lines())
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
-        payload = ctx.workdir / "payload"
-        payload.write_bytes(DATA)
-        ctx.image = SourceImage(image_id, "centos", "qcow2", "bare", len(DATA), hashlib.md5(DATA).hexdigest(),
-                                "sha512", hashlib.sha512(DATA).hexdigest(),
-                                {"os_distro": "centos", "owner_specified.openstack.md5": "x"}, path=payload)
-        ctx.payload, ctx.payload_format = payload, "qcow2"
-        ctx.payload_hash = common.source_hashes(ctx.image)
-        return ctx
-
-    return make
-
-
-ORIGIN_KEYS = ("source_t", "source_uuid", "source_cs")
-STALE_ORIGIN = {"source_t": "site-z", "source_uuid": "11111111-2222-3333-4444-555555555555", "source_cs": "site-z"}
-
-
-def ours(ctx, status, **kw):
-    """A copy as this migratio makes it (source_t + source_uuid + source_cs); kw may drop a key with None."""
-    image = {"id": str(uuid.uuid4()), "status": status, "source_t": "site-a", "source_uuid": ctx.job.image_id,
-             "source_cs": "site-a", **kw}
-    return {k: v for k, v in image.items() if v is not None}
-
-
-def right_bytes(ctx):
-    return dict(disk_format="qcow2", size=len(DATA), checksum=ctx.image.checksum, os_hash_algo="sha512",
-                os_hash_value=ctx.image.os_hash_value)
-
-
-def origin_of(image):
-    return tuple(image.get(k) for k in ORIGIN_KEYS)
+from tests.builders import DATA, STALE_ORIGIN, origin_of, ours, right_copy
+from tests.doubles import MemoryGlance
 
 
 def test_dedupe_finds_an_active_copy_and_removes_leftovers(make_ctx):
     dest = MemoryGlance()
     ctx = make_ctx(dest)
-    active = ours(ctx, "active", disk_format="qcow2", size=len(DATA), checksum=ctx.image.checksum,
-                  os_hash_algo="sha512", os_hash_value=ctx.image.os_hash_value)
+    active = right_copy(ctx)
     queued, killed = ours(ctx, "queued"), ours(ctx, "killed")
     other_site = {**ours(ctx, "active"), "source_t": "site-z", "source_cs": "site-z"}
     dest.images = {i["id"]: i for i in (active, queued, killed, other_site)}
@@ -126,7 +33,7 @@ def test_dedupe_finds_an_active_copy_and_removes_leftovers(make_ctx):
 def test_dedupe_recognises_a_copy_by_either_site_key(make_ctx, made_by):
     dest = MemoryGlance()
     ctx = make_ctx(dest)
-    copy = ours(ctx, "active", **right_bytes(ctx), **made_by)
+    copy = right_copy(ctx, **made_by)
     leftover = ours(ctx, "queued", **made_by)
     dest.images = {i["id"]: i for i in (copy, leftover)}
     assert openstack.Dedupe().run(ctx) is None
@@ -138,11 +45,11 @@ def test_dedupe_recognises_a_copy_by_either_site_key(make_ctx, made_by):
 def test_dedupe_ignores_copies_of_other_sites_and_images(make_ctx):
     dest = MemoryGlance()
     ctx = make_ctx(dest)
-    others = [ours(ctx, "active", **right_bytes(ctx), source_t="site-z", source_cs="site-z"),
+    others = [right_copy(ctx, source_t="site-z", source_cs="site-z"),
               ours(ctx, "queued", source_t=None, source_cs="site-z"),
               ours(ctx, "queued", source_t="site-z", source_cs=None),
               ours(ctx, "queued", source_uuid=None),
-              ours(ctx, "active", **right_bytes(ctx), source_uuid=str(uuid.uuid4()))]
+              right_copy(ctx, source_uuid=str(uuid.uuid4()))]
     dest.images = {i["id"]: i for i in others}
     assert openstack.Dedupe().run(ctx) == "No copy on site-b yet"
     assert not ctx.finished and dest.deleted == []
@@ -152,7 +59,7 @@ def test_cleanup_after_a_lost_create_answer_uses_the_same_recognition(make_ctx):
     dest = MemoryGlance()
     ctx = make_ctx(dest)
     mine = [ours(ctx, "queued"), ours(ctx, "saving", source_t=None), ours(ctx, "killed", source_cs=None)]
-    kept = [ours(ctx, "active", **right_bytes(ctx)), ours(ctx, "queued", source_t="site-z", source_cs="site-z")]
+    kept = [right_copy(ctx), ours(ctx, "queued", source_t="site-z", source_cs="site-z")]
     dest.images = {i["id"]: i for i in (*mine, *kept)}
     openstack._delete_created(ctx, [])  # the id never came back
     assert sorted(dest.deleted) == sorted(i["id"] for i in mine)

@@ -2,25 +2,18 @@
 
 import pytest
 
-from migratio.conf.sites import Site
-from migratio.errors import PermanentError
-from migratio.pipeline.runner import Context, Step, run_pipeline
-from migratio.pipeline.status import DictMeta, JobInfo, ProgressThrottle
-from tests.helpers import config_factory
-
-
-class Lines:
-    def __init__(self):
-        self.lines = []
-
-    def emit(self, job, text):
-        self.lines.append(text)
+from migratio.errors import CommandFailed, ConfigError, PermanentError, TransientError
+from migratio.pipeline.context import StepOrderError
+from migratio.pipeline.retry import MustWait, decide
+from migratio.pipeline.runner import Step, run_pipeline
+from migratio.pipeline.status import FAILED, WAITING, WILL_RETRY, ProgressThrottle
+from tests.builders import make_context
 
 
 def make_step(name, action=None, always=False):
     class S(Step):
         def run(self, ctx):
-            ctx.result.setdefault("ran", []).append(name)
+            ctx.details.setdefault("ran", []).append(name)
             if action:
                 action(ctx)
             return f"{name} done"
@@ -31,10 +24,7 @@ def make_step(name, action=None, always=False):
 
 @pytest.fixture
 def ctx(tmp_path):
-    config = config_factory(tmp_path)
-    site = Site("site-b", "openstack", tmp_path / "site-b.conf", options=None)
-    return Context(JobInfo("j1", "img", "site-a", "site-b"), config, site, services=None,
-                   workdir=tmp_path / "work", meta=DictMeta(), status=Lines())
+    return make_context(tmp_path)
 
 
 def test_steps_run_in_order_with_status_lines_and_meta(ctx):
@@ -113,3 +103,63 @@ def test_throttle_also_fires_on_time():
     now[0] = 31
     assert throttle.due(2, 1000)
     assert not throttle.due(3, 1000)
+
+
+def test_the_result_is_built_from_what_the_steps_said(ctx):
+    assert ctx.result == {}
+    ctx.details.update(blocks_sent=3)
+    ctx.dest_image_id, ctx.snapshot_ids, ctx.region = "ami-1", ["snap-1"], "eu-west-1"
+    assert ctx.result == {"blocks_sent": 3, "dest_image_id": "ami-1", "snapshot_ids": ["snap-1"],
+                          "region": "eu-west-1"}  # already_present unsaid: left out
+    ctx.already_present, ctx.verified = False, {"md5": "x"}
+    assert run_pipeline(ctx, []) == {"blocks_sent": 3, "dest_image_id": "ami-1", "already_present": False,
+                                     "snapshot_ids": ["snap-1"], "region": "eu-west-1", "verified": {"md5": "x"}}
+    with pytest.raises(TypeError):
+        ctx.result["dest_image_id"] = "lost"  # a step sets the field, never the result
+
+
+def test_a_step_outside_a_built_pipeline_is_told_what_it_lacks(ctx):
+    ctx.step = "verify"
+    with pytest.raises(StepOrderError, match="step 'verify' needs the destination image id"):
+        ctx.require_dest_image_id()
+    with pytest.raises(StepOrderError, match="needs the payload to send"):
+        ctx.require_payload()
+    with pytest.raises(StepOrderError, match="needs the located source image"):
+        ctx.require_image()
+
+
+@pytest.mark.parametrize("exc, left, retried, uses_attempt, state, prefix", [
+    (TransientError("link lost"), 2, True, True, "retrying", WILL_RETRY),
+    (TransientError("link lost"), 0, False, True, "failed", FAILED),
+    (CommandFailed("rsync: timeout", retryable=True), 1, True, True, "retrying", WILL_RETRY),
+    (CommandFailed("rsync: denied"), 1, False, True, "failed", FAILED),
+    (PermanentError("not found"), 3, False, True, "failed", FAILED),
+    (ConfigError("bad conf"), 3, False, True, "failed", FAILED),
+    (ZeroDivisionError("a bug"), 1, True, True, "retrying", WILL_RETRY),  # internal: may be a one-off
+    (ZeroDivisionError("a bug"), None, False, True, "failed", FAILED),
+    (MustWait("lock held"), 2, True, False, "waiting", WAITING),
+    (MustWait("lock held"), 0, False, False, "failed", FAILED),
+    (KeyboardInterrupt(), 3, False, True, "failed", FAILED),
+])
+def test_the_retry_decision(exc, left, retried, uses_attempt, state, prefix):
+    decision = decide(exc, left)
+    assert (decision.retried, decision.uses_attempt, decision.state, decision.prefix) == (
+        retried, uses_attempt, state, prefix)
+
+
+@pytest.mark.parametrize("exc, retries_left, kept_runs", [
+    (TransientError("link lost"), 1, False),  # retried: the staged file stays for the retry
+    (TransientError("link lost"), 0, True),
+    (PermanentError("denied"), 1, True),
+])
+def test_files_kept_for_a_retry_stay_only_when_it_is_retried(ctx, exc, retries_left, kept_runs):
+    calls = []
+    ctx.retries_left = retries_left
+
+    def fail(c):
+        c.on_exit("remove staged", lambda: calls.append("staged"), keep_for_retry=True)
+        raise exc
+
+    with pytest.raises(type(exc)):
+        run_pipeline(ctx, [make_step("transfer", fail)])
+    assert calls == (["staged"] if kept_runs else [])

@@ -13,19 +13,20 @@ from rq.job import Job
 
 from migratio.pipeline.runner import Step
 from migratio.pipeline.status import JobInfo
+from migratio.queue.connections import connect, feedback_client
 from migratio.queue.enqueue import migration_queue
-from migratio.queue.feedback import FeedbackSink, feedback_client
+from migratio.queue.feedback import FeedbackSink
 from migratio.queue.ingest import dead_letters
-from migratio.queue.worker import build_app, connect, run_worker
+from migratio.queue.worker import build_app, run_worker
 from migratio.redact import Redactor
-from tests.fixtures.sidekiq import wait_until
-from tests.helpers import config_factory, write_site
+from support.lab.services import REPO
+from tests.builders import config_factory, write_site
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.sidekiq
 
 IMAGE_A = "6c3a7a9e-5f0e-4b43-9f4b-2f2b8a3a1d11"
 IMAGE_B = "0f8e2c4a-1b2c-4d5e-8f90-123456789abc"
-REPO = Path(__file__).resolve().parent.parent
 CHUNK = 16 * 1024
 
 
@@ -47,7 +48,7 @@ class CopyImage(Step):
                 dst.write(chunk)
                 done += len(chunk)
                 ctx.progress(done, total)
-        ctx.result["dest_image_id"] = f"copy-{ctx.job.image_id[:8]}"
+        ctx.dest_image_id = f"copy-{ctx.job.image_id[:8]}"
         return f"Image copied ({total // 1024} KiB)"
 
 
@@ -117,14 +118,15 @@ CRASHING_INGEST = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from migratio.conf.config import load_config
-    from migratio.queue.ingest import Ingest, ingest_client
+    from migratio.queue.connections import ingest_client
+    from migratio.queue.ingest import Ingest
     from migratio.queue.enqueue import migration_queue
 
     config = load_config(Path(sys.argv[1]))
     client = ingest_client(config.redis_url, 1)
     ingest = Ingest(client, config, migration_queue(config, client), consumer="doomed", heartbeat_ttl=1)
 
-    def die(raw, request):  # the payload is taken; the process dies before enqueueing it
+    def die(*_):  # the payload is taken; the process dies before enqueueing it
         os.kill(os.getpid(), signal.SIGKILL)
 
     ingest._enqueue = die
@@ -143,8 +145,8 @@ def test_a_crash_between_take_and_enqueue_loses_nothing_and_runs_nothing_twice(
     assert redis_client.llen("atmosphere:queue:migration_site-a") == 1  # B is still queued
     assert Job.exists(f"sidekiq-{jid_a}", redis_client) is False
 
-    wait_until(lambda: not redis_client.exists("atmosphere:migratio:ingest:site-a:alive:doomed"), 30,
-               "the dead consumer's heartbeat never expired")
+    wait_for(lambda: not redis_client.exists("atmosphere:migratio:ingest:site-a:alive:doomed"),
+             "the dead consumer's heartbeat to expire", timeout=30)
     app = worker_app(site, tmp_path / "dest")
     run_worker(app, burst=True)  # recovers A, takes B, runs both
     assert redis_client.exists(held) == 0
@@ -175,8 +177,8 @@ def test_migratio_worker_ingests_in_the_background_and_rejects_what_cannot_be_a_
                                   cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         consumers = "atmosphere:migratio:ingest:site-a:consumers"
-        wait_until(lambda: redis_client.scard(consumers) == 1 or worker.poll() is not None, 60,
-                   lambda: f"ingest never registered: {log.read_text()}")
+        wait_for(lambda: redis_client.scard(consumers) == 1 or worker.poll() is not None,
+                 lambda: f"the ingest to register: {log.read_text()}", timeout=60)
         assert worker.poll() is None, log.read_text()
         (jid,) = sidekiq_push("site-a", IMAGE_A, "site-b")
         sidekiq_push("site-a", IMAGE_B, "nowhere")
@@ -188,9 +190,9 @@ def test_migratio_worker_ingests_in_the_background_and_rejects_what_cannot_be_a_
         (dead,) = dead_letters(redis_client, "atmosphere")
         assert json.loads(dead["payload"])["args"] == [IMAGE_B, "nowhere"]
         assert dead["reason"].startswith("unknown destination site 'nowhere': no file ")
-        wait_until(lambda: Job.exists(f"sidekiq-{jid}", redis_client)
-                   and Job.fetch(f"sidekiq-{jid}", connection=redis_client).get_status() == "finished",
-                   60, "the RQ job never finished")
+        wait_for(lambda: Job.exists(f"sidekiq-{jid}", redis_client)
+                 and Job.fetch(f"sidekiq-{jid}", connection=redis_client).get_status() == "finished",
+                 "the RQ job to finish", timeout=60)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

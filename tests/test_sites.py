@@ -10,7 +10,7 @@ from migratio.conf.sites import AwsOptions, OpenStackOptions, list_sites, load_s
 from migratio.errors import ConfigError, InvalidInput
 from migratio.openstack.ssh import command_line, source_env_file
 from migratio.steps import DEFAULT_PIPELINES, build_steps
-from tests.helpers import write_site
+from tests.builders import write_site
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
 
@@ -107,6 +107,14 @@ def test_relative_paths_are_relative_to_the_conf(tmp_path):
     ("type: openstack\nhost: h\nuser: u\nregister: {via: ftp}\n", "key 'register': key 'via' must be one of ssh, api"),
     ("type: aws\nregion: r\nimport: s3\n", "key 'import' must be one of ebs-direct, vm-import"),
     ("type: aws\nregion: r\npipeline: [locate, teleport]\n", "unknown step 'teleport' in pipeline for type aws"),
+    ("type: openstack\nhost: h\nuser: u\npipeline: [dedupe, locate]\n",
+     "step 'dedupe' in pipeline for type openstack needs the located source image: put 'locate' before it"),
+    ("type: openstack\nhost: h\nuser: u\npipeline: [locate, register, verify]\n",
+     "step 'register' in pipeline for type openstack needs the payload to send: put 'convert' before it"),
+    ("type: openstack\nhost: h\nuser: u\npipeline: [locate, convert, verify]\n",
+     "step 'verify' in pipeline for type openstack needs the destination image id: put 'register' before it"),
+    ("type: aws\nregion: r\npipeline: [locate, convert, tag, import]\n",
+     "step 'tag' in pipeline for type aws needs the destination image id: put 'import' before it"),
     ("export EXTERNAL_USER=u\nexport EXTERNAL_PORT=x\n", "EXTERNAL_PORT must be a number"),
     ("export FOO=bar\n", "legacy conf sets neither"),
 ])
@@ -122,6 +130,17 @@ def test_unknown_step_lists_valid_ones(tmp_path):
     write_site(tmp_path, "b", "type: openstack\nhost: h\nuser: u\npipeline: [locate, teleport]\n")
     with pytest.raises(ConfigError, match="valid steps: locate, dedupe, inspect"):
         build_steps(load_site(tmp_path, "b"))
+
+
+def test_options_are_read_for_the_sites_type(tmp_path):
+    write_site(tmp_path, "b", "type: openstack\nhost: h\nuser: u\ndisk_format: raw\n")
+    write_site(tmp_path, "c", "type: aws\nregion: r\n")
+    openstack, amazon = load_site(tmp_path, "b"), load_site(tmp_path, "c")
+    assert openstack.openstack.disk_format == "raw" and amazon.aws.region == "r"
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'b.conf'}: site b is of type openstack, not aws"):
+        openstack.aws
+    with pytest.raises(ConfigError, match="site c is of type aws, not openstack"):
+        amazon.openstack
 
 
 def test_unknown_site(tmp_path):

@@ -5,13 +5,14 @@ import io
 import os
 import shlex
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
 from migratio.conf.sites import OpenStackOptions
 from migratio.errors import CommandFailed, HostKeyError, TransientError
-from migratio.openstack import stream
+from migratio.openstack import glance_cli, stream
 
 IMAGE_ID = "0f3c2e1a-5b6d-4c7e-8f90-a1b2c3d4e5f6"
 FAKE_GLANCE = f"""#!/bin/sh
@@ -48,7 +49,7 @@ def head(tmp_path):
     def run(data: bytes, size: int | None = None, properties=("source_uuid=x",), env_file=None, env=None):
         args = ["image-create", "--name=it's \"odd\"\n| id | nope |", *(f"--property={p}" for p in properties)]
         size = len(data) if size is None else size
-        line = stream.remote_line(stream.cli_commands([str(glance)], args, size), str(staged), size, env_file)
+        line = stream.remote_line(glance_cli.cli_commands([str(glance)], args, size), str(staged), size, env_file)
         return subprocess.run(["sh", "-c", line], input=data, capture_output=True,
                               env=env or {**os.environ, "FAKE_DIR": str(fake)}, timeout=60)
 
@@ -73,7 +74,7 @@ def test_a_home_env_file_is_sourced_from_the_remote_users_home(head, tmp_path):
     home, decoy = tmp_path / "home", tmp_path / "decoy"
     home.mkdir(), decoy.mkdir()
     (home / ".creds").write_text(f"export FAKE_DIR={shlex.quote(str(head.fake))}\n")
-    line = stream.remote_line(stream.cli_commands(["glance"], ["image-create"], 1), "/s/x", 1, "~/.creds")
+    line = stream.remote_line(glance_cli.cli_commands(["glance"], ["image-create"], 1), "/s/x", 1, "~/.creds")
     assert line.startswith('. "$HOME"/.creds && { ')
     data = os.urandom(70000)
     proc = head(data, env_file="~/.creds", env={**os.environ, "HOME": str(home), "FAKE_DIR": str(decoy)})
@@ -171,66 +172,29 @@ def site(**kw) -> OpenStackOptions:
 # --------------------------------------------------------------------------- on the lab
 
 
-@pytest.fixture
-def run_job(lab, redis_server, tmp_path, clean_lab_images):
-    """run(image_id, job_id, **site_overrides) -> (job, status lines) through a real burst worker."""
-    import redis
-    import yaml
-    from rq.job import Job
-
-    from migratio.queue.enqueue import enqueue_migration, migration_queue
-    from migratio.queue.worker import build_app, run_worker
-    from tests.helpers import config_factory, write_site
-    from tests.openstack_lab import site_conf
-
-    clouds = tmp_path / "clouds.yaml"
-    clouds.write_text(yaml.safe_dump({"clouds": {"site-a": {
-        "auth_type": "admin_token", "auth": {"endpoint": lab.site_a.glance_url, "token": "lab-token"}}}}))
-    config = config_factory(tmp_path, redis_url=redis_server.url, cloud="site-a", clouds_file=str(clouds),
-                            images_dir=str(lab.site_a.images_dir))
-
-    class Lines:
-        def __init__(self):
-            self.path = tmp_path / "status.log"
-
-        def emit(self, job, text):
-            with open(self.path, "a") as f:
-                f.write(text + "\n")
-
-    def run(image_id: str, job_id: str, **site):
-        write_site(config.sites_dir, "site-b", site_conf(lab, **site))
-        lines = Lines()
-        app = build_app(config, redis.Redis.from_url(redis_server.url), sinks=(lines,))
-        job = enqueue_migration(migration_queue(config, app.redis), config, image_id, "site-b", job_id=job_id)
-        run_worker(app, burst=True)
-        return Job.fetch(job.id, connection=app.redis), lines.path.read_text().splitlines()
-
-    return run
-
-
 @pytest.mark.lab
-def test_streamed_with_a_bandwidth_limit_leaves_nothing_staged(lab, glance_image, run_job):
+def test_streamed_with_a_bandwidth_limit_leaves_nothing_staged(lab, glance_image, migrate_on_lab):
     img = glance_image(virtual_size="64M", data_mib=6)
-    job, lines = run_job(img.id, str(__import__("uuid").uuid4()), bandwidth_limit=20000)
-    assert job.get_status() == "finished", job.meta.get("error")
-    dest = lab.site_b.api().get_image(job.return_value()["dest_image_id"])
+    out = migrate_on_lab(img.id, job_id=str(uuid.uuid4()), bandwidth_limit=20000)
+    assert out.status == "finished", out.meta.get("error")
+    dest = lab.site_b.api().get_image(out.result["dest_image_id"])
     assert (dest["status"], dest["size"], dest["os_hash_value"]) == ("active", img.size, img.os_hash_value)
-    assert any(ln.startswith("Image transferred (") and "streamed into Glance on site-b" in ln for ln in lines)
+    assert any(ln.startswith("Image transferred (") and "streamed into Glance on site-b" in ln for ln in out.lines)
     assert not [p for p in Path(lab.head_node.staging_dir).iterdir() if img.id in p.name]
 
 
 @pytest.mark.lab
-def test_partial_copy_left_by_a_killed_attempt_is_resumed_with_rsync(lab, glance_image, run_job):
+def test_partial_copy_left_by_a_killed_attempt_is_resumed_with_rsync(lab, glance_image, migrate_on_lab):
     img = glance_image(virtual_size="64M", data_mib=6)
-    job_id = str(__import__("uuid").uuid4())
+    job_id = str(uuid.uuid4())
     staged = Path(lab.head_node.staging_dir) / f"{img.id}-site-a.qcow2"  # the name migratio stages it as
     data = img.path.read_bytes()
     staged.write_bytes(data[: len(data) // 2])  # what a stream cut in the middle left behind
-    job, lines = run_job(img.id, job_id)
-    assert job.get_status() == "finished", job.meta.get("error")
-    dest = lab.site_b.api().get_image(job.return_value()["dest_image_id"])
+    out = migrate_on_lab(img.id, job_id=job_id)
+    assert out.status == "finished", out.meta.get("error")
+    dest = lab.site_b.api().get_image(out.result["dest_image_id"])
     assert (dest["status"], dest["os_hash_value"]) == ("active", img.os_hash_value)
-    transferred = [ln for ln in lines if ln.startswith("Image transferred (")]
+    transferred = [ln for ln in out.lines if ln.startswith("Image transferred (")]
     assert transferred and "streamed" not in transferred[0]  # rsync, from the partial copy
     assert not staged.exists()
     assert [i["id"] for i in lab.site_b.api().list_images(source_uuid=img.id)] == [dest["id"]]

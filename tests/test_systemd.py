@@ -9,12 +9,13 @@ import sys
 
 import pytest
 import yaml
-from labservices import free_port
 from rq.job import Job
 
 from migratio.queue.enqueue import enqueue_migration, migration_queue
-from tests.gatestep import REPO, WorkerProcess, entered_key, open_key, wait_for
-from tests.helpers import config_factory, write_site
+from support.lab.services import REPO, free_port
+from tests.builders import config_factory, write_site
+from tests.gatestep import WorkerProcess, entered_key, open_key
+from tests.waiting import wait_for
 
 INSTALL = REPO / "support" / "systemd" / "install.sh"
 IMAGE_1 = "11111111-1111-4111-8111-111111111111"

@@ -6,16 +6,18 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from labservices import RedisServer
 from rq.job import Job
 
 from migratio.cli import main
 from migratio.errors import TransientError
 from migratio.pipeline.runner import Step
+from migratio.queue.connections import RedisTooOld, RedisUnavailable, connect, require_redis
 from migratio.queue.enqueue import enqueue_migration, migration_queue
-from migratio.queue.worker import RedisTooOld, RedisUnavailable, build_app, connect, require_redis, run_worker
+from migratio.queue.worker import build_app, run_worker
 from migratio.redact import Redactor
-from tests.helpers import config_factory, write_site
+from support.lab.services import RedisServer
+from tests.builders import config_factory, write_site
+from tests.doubles import FileLines
 
 IMAGE = "0f8e2c4a-1b2c-4d5e-8f90-123456789abc"
 
@@ -36,24 +38,9 @@ class CopyAndHash(Step):
         target = ctx.workdir / "copy.img"
         shutil.copyfile(self.source, target)
         ctx.progress(target.stat().st_size, target.stat().st_size)
-        ctx.result.update(dest_image_id="copied", sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
-                          workdir=str(ctx.workdir))
+        ctx.dest_image_id = "copied"
+        ctx.details.update(sha256=hashlib.sha256(target.read_bytes()).hexdigest(), workdir=str(ctx.workdir))
         return "Image copied"
-
-
-class FileLines:
-    """Status lines appended to a file: the job runs in a forked work-horse."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def emit(self, job, text):
-        with open(self.path, "a") as f:
-            f.write(text + "\n")
-
-    @property
-    def lines(self):
-        return self.path.read_text().splitlines()
 
 
 @pytest.fixture

@@ -121,11 +121,7 @@ class AwsClients:
             session = session or new_session(site)
             check_region(site.region, session)
             config = client_config(site)
-            clients = {
-                name: Translated(session.client(name, region_name=site.region, config=config,
-                                                endpoint_url=endpoint_for(name, site.endpoint_url)), site)
-                for name in SERVICES
-            }
+            clients = {name: service_client(site, name, session, config) for name in SERVICES}
         except bx.ProfileNotFound:
             raise ConfigError(f"AWS profile '{site.profile}' (key 'profile' in the site conf) is not in "
                               f"the shared config/credentials files") from None
@@ -137,6 +133,14 @@ class AwsClients:
 
     def account_id(self) -> str:
         return self.sts.get_caller_identity()["Account"]
+
+
+def service_client(site: AwsOptions, name: str, session: boto3.Session | None = None,
+                   config: BotoConfig | None = None) -> "Translated":
+    """The site's client of one AWS service (s3, ec2, iam, ...), raising migratio errors only."""
+    session = session or new_session(site)
+    return Translated(session.client(name, region_name=site.region, config=config or client_config(site),
+                                     endpoint_url=endpoint_for(name, site.endpoint_url)), site)
 
 
 class Translated:

@@ -81,6 +81,23 @@ class Site:
     pipeline: list[str] | None = None
     limits: Limits = field(default_factory=Limits)
 
+    @property
+    def openstack(self) -> OpenStackOptions:
+        """The options of an OpenStack destination; a ConfigError for another type."""
+        if not isinstance(self.options, OpenStackOptions):
+            raise self._not("openstack")
+        return self.options
+
+    @property
+    def aws(self) -> AwsOptions:
+        """The options of an Amazon EC2 destination; a ConfigError for another type."""
+        if not isinstance(self.options, AwsOptions):
+            raise self._not("aws")
+        return self.options
+
+    def _not(self, wanted: str) -> ConfigError:
+        return ConfigError(f"{self.path}: site {self.id} is of type {self.type}, not {wanted}")
+
 
 OPTIONS = {"openstack": OpenStackOptions, "aws": AwsOptions}
 COMMON_KEYS = ("type", "pipeline", "max_concurrent", "bandwidth_limit")

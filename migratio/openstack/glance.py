@@ -1,4 +1,5 @@
-"""A narrow Glance v2 client (python-glanceclient) that speaks migratio's errors.
+"""A narrow Glance v2 client (python-glanceclient) that speaks migratio's errors, and the
+destination Glance reached through it (ApiGlance, for `register: {via: api}`).
 
 Everything streams: downloads go to a file in 1 MiB writes, uploads read the file in chunks.
 """
@@ -7,7 +8,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import requests
@@ -16,6 +17,7 @@ from glanceclient.v2 import client as gclient
 from keystoneauth1 import exceptions as ks_exc
 
 from migratio.errors import AuthError, ImageNotFound, PermanentError, StepError, TransientError
+from migratio.openstack.glance_protocol import ImageRecord, NewImage, Payload, Progress, StreamCommands
 
 
 @dataclass
@@ -37,7 +39,6 @@ class SourceImage:
     virtual_size: int | None = None  # filled by `inspect`
 
 
-Progress = Callable[[int, int | None], None]
 CHUNK = 1024 * 1024
 
 # Image fields Glance owns (base schema, server-set or reserved): never copied as user properties.
@@ -69,22 +70,22 @@ def source_image(image: Mapping[str, Any]) -> SourceImage:
     )
 
 
-class Glance:
-    """Glance of one site.
+class GlanceClient:
+    """Glance of one site, through its API.
 
     Args:
-        session: a keystoneauth1 Session (see migratio.openstack_auth); its `endpoint_filter`
+        session: a keystoneauth1 Session (see migratio.openstack.auth); its `endpoint_filter`
             attribute, when present, selects region and interface.
         site: how messages name this Glance (default: the endpoint's host:port).
     """
 
-    def __init__(self, session, site: str | None = None, client: Any = None):
+    def __init__(self, session, site: str | None = None, client: gclient.Client | None = None):
         self.session = session
         self.client = client or gclient.Client(session=session, **getattr(session, "endpoint_filter", {}))
         self.site = site or _endpoint_label(self.client)
 
     # -- reading
-    def show(self, image_id: str) -> dict[str, Any]:
+    def show(self, image_id: str) -> ImageRecord:
         """The image record as a dict (raises ImageNotFound)."""
         with self._errors(f"image {image_id}", image_id):
             return dict(self.client.images.get(image_id))
@@ -99,7 +100,7 @@ class Glance:
     def status(self, image_id: str) -> str:
         return str(self.show(image_id).get("status"))
 
-    def find(self, filters: Mapping[str, str]) -> list[dict[str, Any]]:
+    def find(self, filters: Mapping[str, str]) -> list[ImageRecord]:
         """Images matching `filters` (any status), from one filtered list request (one page)."""
         with self._errors("image list"):
             return [dict(i) for i in self.client.images.list(filters=dict(filters), page_size=100)]
@@ -124,7 +125,8 @@ class Glance:
     def create(self, name: str, disk_format: str, container_format: str,
                properties: Mapping[str, str], min_disk: int = 0, min_ram: int = 0) -> str:
         """Create an image record (status queued); returns its id."""
-        fields = dict(properties, name=name, disk_format=disk_format, container_format=container_format)
+        fields: dict[str, object] = dict(properties, name=name, disk_format=disk_format,
+                                         container_format=container_format)
         if min_disk:
             fields["min_disk"] = min_disk
         if min_ram:
@@ -155,6 +157,31 @@ class Glance:
             raise
         except Exception as exc:  # translated right here, at the client boundary
             raise translate(exc, what, self.site, image_id) from None
+
+
+class ApiGlance:
+    """The destination Glance through its API, from this worker: the payload is uploaded from here."""
+
+    def __init__(self, client: GlanceClient):
+        self.client = client
+
+    def find(self, filters: Mapping[str, str]) -> list[ImageRecord]:
+        return self.client.find(filters)
+
+    def show(self, image_id: str) -> ImageRecord:
+        return self.client.show(image_id)
+
+    def delete(self, image_id: str) -> bool:
+        return self.client.delete(image_id)
+
+    def register(self, image: NewImage, payload: Payload, created: list[str], progress: Progress) -> str:
+        image_id = self.client.create(**image)
+        created.append(image_id)
+        self.client.upload(image_id, payload.local, progress=progress)
+        return image_id
+
+    def stream_commands(self, image: NewImage, size: int) -> StreamCommands | None:
+        return None  # nothing runs on the head node
 
 
 def translate(exc: Exception, what: str, site: str, image_id: str | None = None) -> StepError:

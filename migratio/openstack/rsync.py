@@ -5,11 +5,11 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
-from migratio.errors import AuthError, CommandFailed, HostKeyError, StepError, TransientError
-from migratio.openstack.ssh import address
+from migratio.conf.sites import OpenStackOptions
+from migratio.errors import CommandFailed, StepError, TransientError
+from migratio.openstack.openssh import openssh_command, openssh_refusal
+from migratio.openstack.ssh import address, last_line, remote_path
 
-# Preferred first, OpenSSH's defaults kept after them ("^" = prepend to the default list).
-FAST_CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 IO_TIMEOUT = 600  # rsync --timeout: seconds without data before it gives up (exit 30)
 # rsync exit codes worth a retry: socket/stream errors, timeouts, ssh itself (255).
 TRANSIENT_CODES = frozenset({10, 12, 30, 35, 255})
@@ -17,43 +17,19 @@ PROGRESS_RE = re.compile(r"^\s*([\d,.]+)\s+(\d+)%\s+([\d.]+)([kMGT]?B)/s\b")
 UNITS = {"B": 1, "kB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
 
 
-def ssh_command(site) -> str:
-    """The value of rsync's -e: ssh with the site's key, strict host keys and a fast cipher."""
-    argv = ["ssh", "-p", str(site.port)]
-    if site.key_file:
-        argv += ["-i", str(site.key_file), "-o", "IdentitiesOnly=yes"]
-    argv += [
-        "-o", f"UserKnownHostsFile={site.known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "BatchMode=yes",
-        "-o", f"ConnectTimeout={site.connect_timeout}",
-        "-o", "ServerAliveInterval=15",
-        "-o", "ServerAliveCountMax=4",
-        "-o", f"Ciphers={site.ssh_cipher or FAST_CIPHERS}",
-        "-o", "Compression=no",
-    ]
-    return shlex.join(argv)
-
-
-def remote_target(site, path: str) -> str:
-    host = f"[{site.host}]" if ":" in site.host else site.host
-    return f"{site.user}@{host}:{path}"
-
-
-def rsync_argv(src: Path, dest_path: str, site, bandwidth_limit: int | None = None) -> list[str]:
+def rsync_argv(src: Path, dest_path: str, site: OpenStackOptions, bandwidth_limit: int | None = None) -> list[str]:
     """rsync argv sending one file; sparse-aware (-S), resumable (--partial), -t for quick re-runs.
 
     Args:
         bandwidth_limit: KiB/s (rsync --bwlimit), from the site's limits.
     """
     argv = ["rsync", "--partial", "--sparse", "--times", "--info=progress2", "--no-motd",
-            f"--timeout={IO_TIMEOUT}", "-e", ssh_command(site)]
+            f"--timeout={IO_TIMEOUT}", "-e", shlex.join(openssh_command(site))]
     if bandwidth_limit:
         argv.append(f"--bwlimit={int(bandwidth_limit)}")
     if site.compress:
         argv += ["-z", "--zc=zstd", "--zl=1"]
-    argv += ["--", str(src), remote_target(site, dest_path)]
+    argv += ["--", str(src), remote_path(site, dest_path)]
     return argv
 
 
@@ -79,25 +55,20 @@ def progress_callback(total: int, report: Callable[[int, int, float | None], Non
     return on_line
 
 
-def failure(returncode: int, stderr_tail: str, site) -> StepError:
+def failure(returncode: int, stderr_tail: str, site: OpenStackOptions) -> StepError:
     """A failed rsync as the error the operator needs: host key, auth, transient or permanent."""
-    where = address(site.host, site.port)
-    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr_tail:
-        return HostKeyError(f"host key of {where} does not match known_hosts file {site.known_hosts} "
-                            "(rsync/ssh refused to connect)")
-    if "Host key verification failed" in stderr_tail:
-        return HostKeyError(f"host key of {where} is not in (or does not match) known_hosts file "
-                            f"{site.known_hosts} (rsync/ssh refused to connect)")
-    if "Permission denied (publickey" in stderr_tail:
-        return AuthError(f"ssh {site.user}@{where}: authentication failed with key {site.key_file}")
-    reason = f"transfer to {where} failed (rsync exit {returncode}): {_reason(stderr_tail, returncode)}"
+    refusal = openssh_refusal(stderr_tail, site)
+    if refusal:
+        return refusal
+    reason = (f"transfer to {address(site.host, site.port)} failed (rsync exit {returncode}): "
+              f"{_reason(stderr_tail, returncode)}")
     if returncode in TRANSIENT_CODES:
         return TransientError(reason)
     return CommandFailed(reason, retryable=False, stderr_tail=stderr_tail)
 
 
 def _reason(stderr_tail: str, returncode: int) -> str:
-    lines = [ln.strip() for ln in stderr_tail.splitlines() if ln.strip()]
-    useful = [ln for ln in lines
-              if not ln.startswith("rsync error:") and "connection unexpectedly closed" not in ln]
-    return (useful or lines or [f"exit status {returncode}"])[-1]
+    """rsync's last own line, past its generic ones ("rsync error: ...", "connection unexpectedly closed")."""
+    useful = "\n".join(ln for ln in stderr_tail.splitlines()
+                       if not ln.strip().startswith("rsync error:") and "connection unexpectedly closed" not in ln)
+    return last_line(useful) or last_line(stderr_tail) or f"exit status {returncode}"

@@ -1,4 +1,5 @@
-"""Control commands on a destination head node over SSH (paramiko).
+"""SSH to a destination head node: its address, OpenSSH's argv (rsync's -e and the stream),
+the paramiko shell for control commands, host keys, and how a remote failure reads.
 
 Host keys are always checked against the known_hosts file the site conf names: an unknown
 host or a changed key fails with HostKeyError, never auto-accepted. Remote commands are
@@ -15,22 +16,63 @@ from typing import Sequence
 
 import paramiko
 
+from migratio.conf.sites import OpenStackOptions
 from migratio.errors import AuthError, CommandFailed, ConfigError, HostKeyError, TransientError
 
 log = logging.getLogger("migratio.remote")
 
 DEFAULT_TIMEOUT = 3600.0
 KEEPALIVE = 15
-TRANSIENT_STDERR = ("HTTP 500", "HTTP 502", "HTTP 503", "HTTP 504", "Unable to establish connection",
-                    "timed out", "Connection refused", "Temporary failure", "Service Unavailable")
+EOF_GRACE = 5.0  # seconds the output may still arrive after the exit status
+SSH_FAILED = 255  # ssh's own exit status: connection, host key, authentication
+# stderr of a remote command that failed for a reason that may go away (Glance or its link)
+TRANSIENT_STDERR = ("HTTP 50", "Unable to establish", "timed out", "Connection refused", "Temporary failure",
+                    "Service Unavailable")
+STDERR_KEPT = 4000  # characters of stderr a CommandFailed carries
+HOME_PREFIXES = ("~/", "$HOME/", "${HOME}/")  # expanded by the remote shell, not here
+
+
+# -- the head node's address, in each syntax that names it
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """host:port as messages name the head node ([2001:db8::1]:22 for IPv6)."""
+    return f"{_bracketed(host)}:{port}"
 
 
-HOME_PREFIXES = ("~/", "$HOME/", "${HOME}/")  # expanded by the remote shell, not here
+def remote_path(site: OpenStackOptions, path: str) -> str:
+    """rsync's user@host:path."""
+    return f"{site.user}@{_bracketed(site.host)}:{path}"
 
+
+def known_hosts_name(site: OpenStackOptions) -> str:
+    """The name a known_hosts line gives the head node ([host]:port unless the port is 22)."""
+    return site.host if site.port == 22 else f"[{site.host}]:{site.port}"
+
+
+# -- how a failed remote command reads
+
+def last_line(text: str) -> str:
+    """The last non-empty line of `text`, stripped ("" when there is none)."""
+    return next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+
+
+def looks_transient(code: int, stderr: str) -> bool:
+    """Whether a failed remote command is worth a retry: ssh itself failed, or Glance/its link did."""
+    return code == SSH_FAILED or any(marker in stderr for marker in TRANSIENT_STDERR)
+
+
+def command_failed(label: str, code: int, stderr: str, retryable: bool) -> CommandFailed:
+    """`<label> failed (exit N): <last stderr line>`."""
+    last = last_line(stderr)
+    return CommandFailed(f"{label} failed (exit {code})" + (f": {last}" if last else ""),
+                         retryable=retryable, stderr_tail=stderr[-STDERR_KEPT:])
+
+
+# -- the remote shell line
 
 def source_env_file(env_file: str) -> str:
     """The remote shell words that source env_file (the one place this is rendered).
@@ -50,6 +92,24 @@ def command_line(argv: Sequence[str], env_file: str | None = None) -> str:
     return f"{source_env_file(env_file)} && {line}" if env_file else line
 
 
+# -- host keys
+
+def check_host_key(site: OpenStackOptions) -> str:
+    """Whether known_hosts has a key for the head node (what `migratio check` reports)."""
+    path = Path(site.known_hosts)
+    if not path.is_file():
+        raise HostKeyError(f"known_hosts file {path} not found")
+    try:
+        keys = paramiko.HostKeys(str(path))
+    except (OSError, paramiko.SSHException) as exc:
+        raise HostKeyError(f"cannot read known_hosts file {path}: {exc}") from None
+    name = known_hosts_name(site)
+    found = keys.lookup(name)
+    if not found:
+        raise HostKeyError(f"no key for {name} in {path}")
+    return f"{name} is in {path} ({', '.join(sorted(found.keys()))})"
+
+
 class _RejectUnknown(paramiko.RejectPolicy):
     """RejectPolicy with an operator-readable error."""
 
@@ -64,6 +124,17 @@ class _RejectUnknown(paramiko.RejectPolicy):
             f"ssh-keyscan")
 
 
+def _load_known_hosts(client: paramiko.SSHClient, path: Path) -> None:
+    if not path.is_file():
+        raise HostKeyError(f"known_hosts file {path} not found (key 'known_hosts' in the site conf)")
+    try:
+        client.load_host_keys(str(path))
+    except (OSError, paramiko.SSHException) as exc:
+        raise HostKeyError(f"cannot read known_hosts file {path}: {_text(exc)}") from None
+
+
+# -- the paramiko shell (control commands)
+
 class RemoteShell:
     """An open SSH connection to a head node. Use `connect`; close() when done."""
 
@@ -71,8 +142,8 @@ class RemoteShell:
         self.client, self.where = client, where
 
     @classmethod
-    def connect(cls, site) -> "RemoteShell":
-        """Connect to site (an OpenStackOptions): host, port, user, key_file, known_hosts."""
+    def connect(cls, site: OpenStackOptions) -> "RemoteShell":
+        """Connect to the site's host, port, user, key_file, checking known_hosts."""
         where = address(site.host, site.port)
         client = paramiko.SSHClient()
         _load_known_hosts(client, Path(site.known_hosts))
@@ -122,11 +193,8 @@ class RemoteShell:
         code, out, err = self.run(argv, env_file, timeout)
         if code != 0:
             label = what or f"remote {Path(str(argv[0])).name}"
-            last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
-            log.warning("%s on %s failed (exit %s); stderr:\n%s", label, self.where, code, err[-4000:])
-            raise CommandFailed(f"{label} on {self.where} failed (exit {code})" + (f": {last}" if last else ""),
-                                retryable=code == 255 or any(m in err for m in TRANSIENT_STDERR),
-                                stderr_tail=err[-4000:])
+            log.warning("%s on %s failed (exit %s); stderr:\n%s", label, self.where, code, err[-STDERR_KEPT:])
+            raise command_failed(f"{label} on {self.where}", code, err, looks_transient(code, err))
         return out
 
     def close(self) -> None:
@@ -139,16 +207,7 @@ class RemoteShell:
         self.close()
 
 
-def _load_known_hosts(client: paramiko.SSHClient, path: Path) -> None:
-    if not path.is_file():
-        raise HostKeyError(f"known_hosts file {path} not found (key 'known_hosts' in the site conf)")
-    try:
-        client.load_host_keys(str(path))
-    except (OSError, paramiko.SSHException) as exc:
-        raise HostKeyError(f"cannot read known_hosts file {path}: {_text(exc)}") from None
-
-
-def _translate(exc: Exception, where: str, site) -> Exception:
+def _translate(exc: Exception, where: str, site: OpenStackOptions) -> Exception:
     if isinstance(exc, (HostKeyError, AuthError, TransientError, ConfigError)):
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
@@ -174,9 +233,15 @@ def _translate(exc: Exception, where: str, site) -> Exception:
 
 
 def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[int, str, str]:
-    """Read stdout and stderr together (so neither can fill up and stall the other)."""
+    """Read stdout and stderr together (so neither can fill up and stall the other).
+
+    sshd sends the exit status as soon as the command exits, maybe before the rest of its
+    output: the output ends with the channel's EOF (or, past EOF_GRACE, with the exit status,
+    for a command that left a background process holding its output open).
+    """
     out, err = bytearray(), bytearray()
     deadline = None if timeout is None else time.monotonic() + timeout
+    exited: float | None = None
     channel.settimeout(1.0)
     while True:
         progressed = False
@@ -187,11 +252,15 @@ def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[int, str, 
             err += channel.recv_stderr(65536)
             progressed = True
         if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
+            exited = exited or time.monotonic()
+            if channel.eof_received or channel.closed or time.monotonic() - exited > EOF_GRACE:
+                break
         if deadline is not None and time.monotonic() > deadline:
             channel.close()
             raise TransientError(f"remote command timed out after {timeout:.0f}s")
-        if not progressed:
+        if exited:
+            time.sleep(0.01)  # (status_event stays set from here on)
+        elif not progressed:
             channel.status_event.wait(0.05)
     code = channel.recv_exit_status()
     channel.close()

@@ -1,41 +1,50 @@
 """The clients steps talk to, built from config and passed in (tests pass their own)."""
 
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from migratio.conf.config import Config
+from migratio.conf.sites import AwsOptions, OpenStackOptions
+
+if TYPE_CHECKING:  # the client modules load their SDKs: imported when a job first needs one
+    from migratio.aws.clients import AwsClients
+    from migratio.openstack.glance import GlanceClient
+    from migratio.openstack.nova import Nova
+    from migratio.openstack.ssh import RemoteShell
 
 
 @dataclass(frozen=True)
 class Services:
-    source_glance: Callable[[], Any]  # -> migratio.glance.Glance of this site
-    glance: Callable[[str | None], Any]  # clouds.yaml cloud name -> Glance (destinations, via: api)
-    remote: Callable[[Any], Any]  # OpenStackOptions -> migratio.remote.RemoteShell
-    aws: Callable[[Any], Any]  # AwsOptions -> migratio.aws_clients.AwsClients
-    nova: Callable[[str | None], Any]  # clouds.yaml cloud name -> migratio.nova.Nova
+    source_glance: Callable[[], GlanceClient]  # this site's Glance
+    glance: Callable[[str | None], GlanceClient]  # clouds.yaml cloud name -> a destination's Glance (via: api)
+    remote: Callable[[OpenStackOptions], RemoteShell]  # an SSH shell on the destination's head node
+    aws: Callable[[AwsOptions], AwsClients]
+    nova: Callable[[str | None], Nova]  # clouds.yaml cloud name -> the destination's Nova (boot check)
 
 
 def default_services(config: Config, environ: Mapping[str, str] | None = None) -> Services:
     env = dict(os.environ if environ is None else environ)
 
-    def glance(cloud: str | None):
+    def glance(cloud: str | None) -> GlanceClient:
         from migratio.openstack import auth
         from migratio.openstack import glance as glance_mod
 
-        return glance_mod.Glance(auth.session(cloud, config.clouds_file, env))
+        return glance_mod.GlanceClient(auth.session(cloud, config.clouds_file, env))
 
-    def remote(site):
+    def remote(site: OpenStackOptions) -> RemoteShell:
         from migratio.openstack import ssh as remote_mod
 
         return remote_mod.RemoteShell.connect(site)
 
-    def aws(site):
+    def aws(site: AwsOptions) -> AwsClients:
         from migratio.aws import clients
 
         return clients.AwsClients.connect(site)
 
-    def nova(cloud: str | None):
+    def nova(cloud: str | None) -> Nova:
         from migratio.openstack import auth
         from migratio.openstack import nova as nova_mod
 

@@ -7,12 +7,12 @@ admin page shows `status.lines.last`. So every line ends with "\\n", and two lin
 migration (image, source, destination) are never pushed closer than `feedback_interval`
 seconds apart: two saves of one row racing would lose a line, or fail on the row's unique index.
 
-Pacing lives in Redis (scripts in migratio/lua/), so it holds across a worker's work-horses,
+Pacing lives in Redis (scripts in migratio/queue/lua/), so it holds across a worker's work-horses,
 across workers, and across crashes:
 - a line is pushed at once when nothing of its migration waits and the interval has passed;
 - otherwise it waits in the migration's pending list, where a newer line supersedes a waiting
   progress line (dropped) but never a final line ("Migration finished", "Migration failed",
-  ...: see migratio.status.FINAL_PREFIXES); the migration is then in the `due` set;
+  ...: see migratio.pipeline.status.FINAL_PREFIXES); the migration is then in the `due` set;
 - `FeedbackRelay`, a thread of every worker's main process, pushes due lines as their time
   comes. A work-horse therefore never waits for the interval: its job ends at once, and its
   last line goes out at most one interval later (from any worker of the site, also after a
@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from migratio.pipeline.status import JobInfo, is_final
 from migratio.queue import scripts, sidekiq
+from migratio.queue.keys import FEEDBACK_QUEUE, FeedbackKeys
 
 log = logging.getLogger("migratio.feedback")
 
@@ -42,31 +41,9 @@ PENDING_TTL = 7 * 86400  # seconds waiting lines are kept when no worker is left
 DEFAULT_INTERVAL = 2.0
 
 
-def feedback_client(redis_url: str) -> redis.Redis:
-    """A client that fails fast: a status line must never hold a migration up for long."""
-    return redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10,
-                                retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
-
-
 def wants_feedback(meta: dict) -> bool:
     """Whether a job's status lines go to Atmosphere: it came from Atmosphere, or asked to."""
     return meta.get("source") == "atmosphere" or bool(meta.get("feedback"))
-
-
-@dataclass(frozen=True)
-class FeedbackKeys:
-    namespace: str
-
-    @property
-    def due(self) -> str:
-        return sidekiq.key(self.namespace, "migratio:feedback:due")
-
-    def for_member(self, member: str) -> list[str]:
-        """The keys the scripts take, for one migration."""
-        return [sidekiq.key(self.namespace, f"migratio:feedback:next:{member}"),
-                sidekiq.key(self.namespace, f"migratio:feedback:pending:{member}"),
-                self.due, sidekiq.key(self.namespace, "queues"),
-                sidekiq.queue_key(self.namespace, sidekiq.FEEDBACK_QUEUE)]
 
 
 def member(job: JobInfo) -> str:
@@ -121,7 +98,7 @@ class FeedbackSink:
             return
         line = self.line(text)
         args = [job.image_id, job.source_site, job.dest_site, line]
-        payload = sidekiq.job_payload(sidekiq.FEEDBACK_CLASS, args, sidekiq.FEEDBACK_QUEUE,
+        payload = sidekiq.job_payload(sidekiq.FEEDBACK_CLASS, args, FEEDBACK_QUEUE,
                                       retry=False, timestamps=self.timestamps)
         with self._lock:
             self._append(_Line(member(job), sidekiq.dump(payload)[:-1], is_final(text), line))

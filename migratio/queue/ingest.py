@@ -32,96 +32,29 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from rq import Queue
 
 from migratio.conf.config import Config
-from migratio.conf.sites import load_site, site_path
+from migratio.conf.sites import Site, load_site, site_path
 from migratio.errors import ConfigError, MigratioError
 from migratio.pipeline.status import REJECTED, JobInfo, StatusSink
-from migratio.queue.enqueue import enqueue_migration
-from migratio.queue.sidekiq import BadPayload, MigrationRequest, key, parse_migration, queue_key
+from migratio.queue import scripts
+from migratio.queue.enqueue import enqueue_validated
+from migratio.queue.keys import IngestKeys, dead_key
+from migratio.queue.sidekiq import BadPayload, MigrationRequest, parse_migration
 
 log = logging.getLogger("migratio.ingest")
 
 JOB_PREFIX = "sidekiq-"
 
-# KEYS: alive, processing, source, consumers; ARGV: consumer. -1 when the consumer is alive.
-_RECOVER = """
-if redis.call('exists', KEYS[1]) == 1 then return -1 end
-local n = 0
-while redis.call('lmove', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') do n = n + 1 end
-redis.call('srem', KEYS[4], ARGV[1])
-return n
-"""
-# KEYS: processing, dead; ARGV: payload, entry, max length. 0 when the payload was not there.
-_DEAD = """
-if redis.call('lrem', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('lpush', KEYS[2], ARGV[2])
-redis.call('ltrim', KEYS[2], 0, tonumber(ARGV[3]) - 1)
-return 1
-"""
-# KEYS: processing, source; ARGV: payload. Back to the end of the line.
-_BACK = """
-if redis.call('lrem', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-return redis.call('lpush', KEYS[2], ARGV[1])
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-
-
-@dataclass(frozen=True)
-class IngestKeys:
-    namespace: str
-    site: str
-
-    @property
-    def source(self) -> str:
-        return queue_key(self.namespace, f"migration_{self.site}")
-
-    @property
-    def dead(self) -> str:
-        return dead_key(self.namespace)
-
-    @property
-    def consumers(self) -> str:
-        return self._own("consumers")
-
-    def processing(self, consumer: str) -> str:
-        return self._own(f"processing:{consumer}")
-
-    def alive(self, consumer: str) -> str:
-        return self._own(f"alive:{consumer}")
-
-    def claim(self, jid: str) -> str:
-        return self._own(f"claim:{jid}")
-
-    def _own(self, name: str) -> str:
-        return key(self.namespace, f"migratio:ingest:{self.site}:{name}")
-
-
-def dead_key(namespace: str) -> str:
-    return key(namespace, "migratio:dead")
-
 
 def dead_letters(client: redis.Redis, namespace: str, count: int = 100) -> list[dict[str, Any]]:
     """The newest `count` dead-letter entries (what an operator would inspect)."""
     return [json.loads(entry) for entry in client.lrange(dead_key(namespace), 0, count - 1)]
-
-
-def ingest_client(redis_url: str, block: float) -> redis.Redis:
-    """Ingest's own connection: BLMOVE blocks, so the socket timeout must outlast it; the loop
-    does its own backoff, so the client retries only once (a stale connection)."""
-    return redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=block + 10,
-                                health_check_interval=30, retry=Retry(NoBackoff(), 1))
 
 
 def consumer_name() -> str:
@@ -143,6 +76,9 @@ class Ingest:
         self.block, self.heartbeat_ttl, self.recover_every = block, heartbeat_ttl, recover_every
         self.claim_ttl, self.dead_max, self.clock = claim_ttl, dead_max, clock
         self._last_beat = self._last_recover = float("-inf")
+        self._recover_held = scripts.load(client, "ingest_recover")
+        self._dead, self._back = scripts.load(client, "ingest_dead"), scripts.load(client, "ingest_back")
+        self._release = scripts.load(client, "delete_if_equal")
         self._recheck = False  # own processing list may hold a payload an error left behind
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -230,17 +166,17 @@ class Ingest:
         """
         try:
             request = parse_migration(raw)
-            self._check_site(request)
+            site = self._site(request)
         except BadPayload as exc:
             return self._reject(raw, exc)
-        return self._enqueue(raw, request)
+        return self._enqueue(raw, request, site)
 
-    def _enqueue(self, raw: bytes, request: MigrationRequest) -> str:
+    def _enqueue(self, raw: bytes, request: MigrationRequest, site: Site | None) -> str:
         job_id = JOB_PREFIX + request.jid
         claim, token = self.keys.claim(request.jid), uuid.uuid4().hex
         if not self.redis.set(claim, token, nx=True, ex=self.claim_ttl):
             log.info("ingest %s: job %s is being taken by another consumer; put back", self.consumer, job_id)
-            self.redis.eval(_BACK, 2, self.processing, self.keys.source, raw)
+            self._back(keys=[self.processing, self.keys.source], args=[raw])
             return "busy"
         try:
             if self.queue.job_class.exists(job_id, connection=self.redis):
@@ -248,7 +184,7 @@ class Ingest:
                 outcome = "duplicate"
             else:
                 try:
-                    enqueue_migration(self.queue, self.config, request.image_id, request.dest,
+                    enqueue_validated(self.queue, self.config, request.image_id, request.dest, site,
                                       job_id=job_id, meta=_meta(request))
                 except MigratioError as exc:  # e.g. a destination conf with a bad limit
                     return self._reject(raw, BadPayload(str(exc), request.image_id, request.dest, request.jid))
@@ -258,27 +194,30 @@ class Ingest:
             self.redis.lrem(self.processing, 1, raw)
             return outcome
         finally:
-            self.redis.eval(_RELEASE, 1, claim, token)
+            self._release(keys=[claim], args=[token])
 
-    def _check_site(self, request: MigrationRequest) -> None:
-        path = site_path(self.config.sites_dir, request.dest)
-        if not path.is_file():
+    def _site(self, request: MigrationRequest) -> Site | None:
+        """The destination's conf; None when it does not load (the worker fails the job with the
+        conf error and reports it); BadPayload when there is no such site."""
+        try:
+            site = load_site(self.config.sites_dir, request.dest)
+        except ConfigError:
+            path = site_path(self.config.sites_dir, request.dest)
+            if path.is_file():
+                return None
             raise BadPayload(f"unknown destination site '{request.dest}': no file {path}",
                              request.image_id, request.dest, request.jid,
-                             brief=f"unknown destination site '{request.dest}'")
-        try:
-            site_type = load_site(self.config.sites_dir, request.dest).type
-        except ConfigError:
-            return  # the worker fails the job with the conf error and reports it
-        if site_type != request.site_type:
+                             brief=f"unknown destination site '{request.dest}'") from None
+        if site.type != request.site_type:
             log.warning("ingest: job %s%s has class %s but site %s is of type %s; the site conf decides",
-                        JOB_PREFIX, request.jid, request.klass, request.dest, site_type)
+                        JOB_PREFIX, request.jid, request.klass, request.dest, site.type)
+        return site
 
     def _reject(self, raw: bytes, exc: BadPayload) -> str:
         text = raw.decode("utf-8", errors="replace")
         entry = json.dumps({"payload": text, "reason": str(exc), "at": _now_iso(),
                             "queue": self.keys.source, "consumer": self.consumer})
-        if not self.redis.eval(_DEAD, 2, self.processing, self.keys.dead, raw, entry, self.dead_max):
+        if not self._dead(keys=[self.processing, self.keys.dead], args=[raw, entry, self.dead_max]):
             return "gone"
         log.warning("ingest: rejected a job from %s (moved to %s): %s; payload: %s",
                     self.keys.source, self.keys.dead, exc, _short(text))
@@ -310,8 +249,8 @@ class Ingest:
         return outcomes
 
     def _recover_one(self, consumer: str) -> int:
-        moved = self.redis.eval(_RECOVER, 4, self.keys.alive(consumer), self.keys.processing(consumer),
-                                self.keys.source, self.keys.consumers, consumer)
+        moved = self._recover_held(keys=[self.keys.alive(consumer), self.keys.processing(consumer),
+                                           self.keys.source, self.keys.consumers], args=[consumer])
         if moved > 0:
             log.warning("ingest %s: gave %d job(s) held by stopped consumer %s back to %s",
                         self.consumer, moved, consumer, self.keys.source)

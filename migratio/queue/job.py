@@ -1,14 +1,12 @@
 """The RQ job function. Workers bind their App before taking jobs."""
 
-from typing import Any
-
 from rq import get_current_job
+from rq.job import Job
 
-from migratio.errors import MigratioError
 from migratio.logs import job_log
+from migratio.pipeline.retry import Decision, decide
 from migratio.pipeline.status import RqMeta
 from migratio.queue.feedback import wants_feedback
-from migratio.queue.locks import LockBusy
 from migratio.queue.migration import App, run_migration
 
 _bound: list[App] = []
@@ -19,7 +17,7 @@ def bind_app(app: App) -> None:
     _bound[:] = [app]
 
 
-def migrate(image_uuid: str, destination_site: str) -> dict[str, Any]:
+def migrate(image_uuid: str, destination_site: str) -> dict[str, object]:
     """Migrate one image from this site to `destination_site` (what `migratio migrate` enqueues)."""
     if not _bound:
         raise RuntimeError("migratio.queue.job.migrate runs only inside `migratio worker`")
@@ -28,11 +26,14 @@ def migrate(image_uuid: str, destination_site: str) -> dict[str, Any]:
         try:
             return run_migration(app, job.id, image_uuid, destination_site, RqMeta(job),
                                  retries_left=job.retries_left or 0, feedback=wants_feedback(job.meta))
-        except LockBusy:
-            if job.retries_left:
-                job.retries_left += 1  # waiting for another job is not a failed attempt
+        except Exception as exc:
+            _count(job, decide(exc, job.retries_left))
             raise
-        except MigratioError as exc:
-            if not exc.retryable:
-                job.retries_left = 0  # permanent: RQ must not retry it
-            raise
+
+
+def _count(job: Job, decision: Decision) -> None:
+    """Set the job's retries_left so that RQ, which takes one off per failure, does what `decision` says."""
+    if not decision.retried:
+        job.retries_left = 0  # RQ must not run it again
+    elif not decision.uses_attempt:
+        job.retries_left += 1  # waiting for another job is not a failed attempt

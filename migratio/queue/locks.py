@@ -16,27 +16,15 @@ import uuid
 import redis
 from redis import Redis
 
-from migratio.errors import TransientError
+from migratio.pipeline.retry import MustWait
+from migratio.queue import scripts
+from migratio.queue.keys import lock_key
 
 log = logging.getLogger("migratio.locks")
 
 RELEASE_WAIT = 30.0  # seconds __exit__ keeps trying to release while Redis is away
 
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-_EXTEND = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
-return 0
-"""
-_TAKE_OVER = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-return 0
-"""
-
-
-class LockBusy(TransientError):
+class LockBusy(MustWait):
     """Another job holds the lock: this one waits (is retried) without using up a retry."""
 
 
@@ -46,11 +34,14 @@ class MigrationLock:
     def __init__(self, redis: Redis, namespace: str, image_id: str, dest: str, ttl: int,
                  host: str | None = None, pid: int | None = None):
         self.redis, self.ttl = redis, ttl
-        self.key = f"migratio:{namespace}:lock:{image_id}:{dest}"
+        self.key = lock_key(namespace, image_id, dest)
         self.what = f"image {image_id} to site {dest}"
         self.host = host or socket.gethostname()
         pid = pid or os.getpid()
         self.token = f"{uuid.uuid4().hex} {self.host} {pid} {process_start(pid) or 0}"
+        self._release = scripts.load(redis, "delete_if_equal")
+        self._extend = scripts.load(redis, "expire_if_equal")
+        self._replace = scripts.load(redis, "replace_if_equal")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,7 +59,7 @@ class MigrationLock:
         deadline = time.monotonic() + RELEASE_WAIT
         while True:
             try:
-                self.redis.eval(_RELEASE, 1, self.key, self.token)
+                self._release(keys=[self.key], args=[self.token])
                 return
             except redis.RedisError as error:
                 if time.monotonic() > deadline:
@@ -84,7 +75,7 @@ class MigrationLock:
         holder = held.decode("utf-8", "replace") if isinstance(held, bytes) else str(held)
         if not holder_is_dead(holder, self.host):
             return False
-        if not self.redis.eval(_TAKE_OVER, 1, self.key, holder, self.token, self.ttl):
+        if not self._replace(keys=[self.key], args=[holder, self.token, self.ttl]):
             return False
         log.warning("took over the lock for %s from a process that died (%s)", self.what, _who(holder))
         return True
@@ -92,7 +83,7 @@ class MigrationLock:
     def _refresh(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
-                self.redis.eval(_EXTEND, 1, self.key, self.token, self.ttl)
+                self._extend(keys=[self.key], args=[self.token, self.ttl])
             except Exception:
                 pass  # Redis away for a moment: the next round tries again
 

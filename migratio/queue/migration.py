@@ -3,19 +3,21 @@
 import logging
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from redis import Redis
 
 from migratio import ids
 from migratio.conf.config import Config
-from migratio.conf.sites import load_site
+from migratio.conf.sites import Site, load_site
 from migratio.errors import MigratioError
 from migratio.local.workdirs import job_dir
-from migratio.pipeline.runner import Context, run_pipeline
+from migratio.pipeline.context import Context
+from migratio.pipeline.retry import Decision, decide
+from migratio.pipeline.runner import Step, run_pipeline
 from migratio.pipeline.services import Services
-from migratio.pipeline.status import ALREADY_PRESENT, FAILED, FINISHED, WAITING, WILL_RETRY, JobInfo, Meta, StatusSink
-from migratio.queue.locks import LockBusy, MigrationLock
+from migratio.pipeline.status import ALREADY_PRESENT, FINISHED, JobInfo, Meta, StatusSink
+from migratio.queue.locks import MigrationLock
 from migratio.redact import Redactor
 from migratio.steps import build_steps
 
@@ -30,13 +32,13 @@ class App:
     redis: Redis
     services: Services
     status: StatusSink
-    steps_for: Callable[[Any], list] = field(default=build_steps)  # Site -> steps (tests pass their own)
+    steps_for: Callable[[Site], list[Step]] = field(default=build_steps)  # tests pass their own
     redact: Callable[[str], str] = field(default_factory=Redactor)  # for the per-job log file
 
 
 def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta,
-                  retries_left: int = 0, feedback: bool = False) -> dict[str, Any]:
-    """Run one migration; raises MigratioError (with `retryable`) on failure, after reporting it.
+                  retries_left: int = 0, feedback: bool = False) -> dict[str, object]:
+    """Run one migration; raises MigratioError on failure, after reporting it.
 
     With `feedback`, its status lines go to Atmosphere too (see migratio.feedback).
     """
@@ -46,48 +48,43 @@ def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta
         steps = app.steps_for(site)
         info = JobInfo(job_id, image_id, app.config.name, site.id, feedback)
         with MigrationLock(app.redis, app.config.namespace, image_id, site.id, app.config.lock_ttl):
-            result = _run(app, info, site, steps, meta, retries_left)
-    except LockBusy as exc:
-        _report_failure(app, info, meta, str(exc), retrying=retries_left > 0, waiting=True)
-        raise
-    except MigratioError as exc:
-        _report_failure(app, info, meta, str(exc), retrying=exc.retryable and retries_left > 0)
-        raise
+            ctx = _run(app, info, site, steps, meta, retries_left)
     except Exception as exc:
-        log.exception("job=%s internal error", job_id)
-        _report_failure(app, info, meta, f"internal error ({type(exc).__name__}); see the worker log",
-                        retrying=retries_left > 0)
+        if isinstance(exc, MigratioError):
+            reason = str(exc)
+        else:
+            log.exception("job=%s internal error", job_id)
+            reason = f"internal error ({type(exc).__name__}); see the worker log"
+        _report_failure(app, info, meta, reason, decide(exc, retries_left))
         raise
+    result = dict(ctx.result)
     meta.update(state="finished", result=result, step=None)
-    app.status.emit(info, _final_line(result, site.id))
+    app.status.emit(info, _final_line(ctx))
     return result
 
 
-def _run(app: App, info: JobInfo, site, steps, meta: Meta, retries_left: int) -> dict[str, Any]:
+def _run(app: App, info: JobInfo, site: Site, steps: list[Step], meta: Meta, retries_left: int) -> Context:
     workdir = job_dir(app.config.work_dir, info.job_id)
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(job=info, config=app.config, site=site, services=app.services, workdir=workdir,
                   meta=meta, status=app.status, retries_left=retries_left)
     try:
-        return run_pipeline(ctx, steps)
+        run_pipeline(ctx, steps)
+        return ctx
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _report_failure(app: App, info: JobInfo, meta: Meta, reason: str, retrying: bool,
-                    waiting: bool = False) -> None:
+def _report_failure(app: App, info: JobInfo, meta: Meta, reason: str, decision: Decision) -> None:
     reason = app.redact(reason)  # job meta and status lines never carry a secret
-    state = ("waiting" if waiting else "retrying") if retrying else "failed"
-    meta.update(state=state, error=reason)
-    prefix = WILL_RETRY if retrying else FAILED
-    if waiting and retrying:
-        prefix = WAITING
-    log.log(logging.INFO if waiting else logging.ERROR, "job=%s %s: %s", info.job_id, prefix.lower(), reason)
-    app.status.emit(info, f"{prefix}: {reason}")
+    meta.update(state=decision.state, error=reason)
+    level = logging.ERROR if decision.uses_attempt else logging.INFO  # waiting is no failure
+    log.log(level, "job=%s %s: %s", info.job_id, decision.prefix.lower(), reason)
+    app.status.emit(info, f"{decision.prefix}: {reason}")
 
 
-def _final_line(result: dict[str, Any], site_id: str) -> str:
-    image = result.get("dest_image_id", "?")
-    if result.get("already_present"):
-        return f"{ALREADY_PRESENT} on {site_id} as {image}"
-    return f"{FINISHED}: image {image} on {site_id} verified"
+def _final_line(ctx: Context) -> str:
+    image = ctx.dest_image_id or "?"
+    if ctx.already_present:
+        return f"{ALREADY_PRESENT} on {ctx.site.id} as {image}"
+    return f"{FINISHED}: image {image} on {ctx.site.id} verified"

@@ -25,6 +25,7 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 
 from migratio.pipeline.status import FAILED, INTERRUPTED, JobInfo, StatusSink
+from migratio.queue import scripts
 from migratio.queue.feedback import wants_feedback
 from migratio.queue.locks import process_start
 
@@ -72,12 +73,6 @@ def recover_abandoned(queue: Queue, config_name: str, status: StatusSink | None 
     return [item.job_id for item in abandoned]
 
 
-_DELETE_IF = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-
-
 def free_dead_scheduler_lock(queue: Queue, host: str | None = None,
                              alive: Callable[[int], bool] = pid_alive) -> bool:
     """Delete the queue's scheduler lock if its holder ran on this host and is gone."""
@@ -90,7 +85,7 @@ def free_dead_scheduler_lock(queue: Queue, host: str | None = None,
     pid = data.get(b"pid", b"").decode()
     if data.get(b"hostname", b"").decode() != host or not pid.isdigit() or alive(int(pid)):
         return False
-    if queue.connection.eval(_DELETE_IF, 1, key, holder):
+    if scripts.load(queue.connection, "delete_if_equal")(keys=[key], args=[holder]):
         log.warning("freed the scheduler lock of %s held by a scheduler that died (pid %s)", queue.name, pid)
         return True
     return False

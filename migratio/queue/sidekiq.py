@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from migratio import ids
 from migratio.errors import InvalidInput
+from migratio.queue.keys import queue_key, queues_key
 
 JID_RE = re.compile(r"[0-9a-f]{24}")
 MIGRATORS = {  # Atmosphere's class -> the destination type it means (a sanity check only)
@@ -28,7 +29,6 @@ MIGRATORS = {  # Atmosphere's class -> the destination type it means (a sanity c
     "Migratio::Worker::OpenstackAmazonMigrator": "aws",
 }
 FEEDBACK_CLASS = "Atmosphere::UpdateMigrationJobStatusWorker"
-FEEDBACK_QUEUE = "feedback"
 MS_THRESHOLD = 1e11  # epoch seconds stay below this until the year 5138; epoch milliseconds are above
 Timestamps = Literal["seconds", "milliseconds"]
 
@@ -65,15 +65,6 @@ class MigrationRequest:
         return MIGRATORS[self.klass]
 
 
-def key(namespace: str, name: str) -> str:
-    """A Redis key as redis-namespace writes it: `<namespace>:<name>` (no prefix when empty)."""
-    return f"{namespace}:{name}" if namespace else name
-
-
-def queue_key(namespace: str, queue: str) -> str:
-    return key(namespace, f"queue:{queue}")
-
-
 def new_jid() -> str:
     """A job id like Sidekiq's own: SecureRandom.hex(12)."""
     return secrets.token_hex(12)
@@ -99,8 +90,8 @@ def parse_migration(raw: bytes | str) -> MigrationRequest:
         raise bad(f"expected 2 args [image_uuid, destination_site_id], got {len(args)}")
     if jid is None:
         raise bad(f"invalid jid {_show(data.get('jid'))}: expected 24 hex digits")
-    try:
-        image_id, dest_id = ids.image_id(args[0]), ids.site_id(args[1])
+    try:  # the image id was validated by _named: when it found none, this raises the reason
+        image_id, dest_id = image or ids.image_id(args[0]), ids.site_id(args[1])
     except InvalidInput as exc:
         raise bad(str(exc)) from None
     queue = data.get("queue") if isinstance(data.get("queue"), str) else None
@@ -132,7 +123,7 @@ def push(redis, namespace: str, payload: dict[str, Any], timestamps: Timestamps 
     """What Sidekiq::Client#raw_push does: SADD `queues` and LPUSH the job, in one transaction."""
     item = dict(payload, enqueued_at=_stamp(time.time() if now is None else now, timestamps))
     pipe = redis.pipeline(transaction=True)
-    pipe.sadd(key(namespace, "queues"), item["queue"])
+    pipe.sadd(queues_key(namespace), item["queue"])
     pipe.lpush(queue_key(namespace, item["queue"]), dump(item))
     pipe.execute()
 

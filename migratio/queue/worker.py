@@ -12,13 +12,13 @@ from rq import Worker
 from rq.registry import StartedJobRegistry
 
 from migratio.conf.config import Config
-from migratio.errors import ConfigError, MigratioError
 from migratio.local.workdirs import remove_stale
 from migratio.pipeline.services import Services, default_services, preload
 from migratio.pipeline.status import FanOut, LogSink, StatusSink
+from migratio.queue.connections import feedback_client, ingest_client
 from migratio.queue.enqueue import migration_queue
-from migratio.queue.feedback import FeedbackRelay, FeedbackSink, feedback_client
-from migratio.queue.ingest import Ingest, ingest_client
+from migratio.queue.feedback import FeedbackRelay, FeedbackSink
+from migratio.queue.ingest import Ingest
 from migratio.queue.job import bind_app
 from migratio.queue.migration import App
 from migratio.queue.recovery import free_dead_scheduler_lock, recover_abandoned
@@ -29,54 +29,6 @@ log = logging.getLogger("migratio.worker")
 INGEST_BLOCK = 2.0  # seconds ingest blocks on Atmosphere's queue between checks for shutdown
 FEEDBACK_FLUSH = 30.0  # seconds a work-horse keeps retrying undelivered status lines before exiting
 REDIS_OUTAGE_WAIT = 600.0  # seconds a work-horse waits for Redis to come back to record a job's outcome
-MIN_REDIS = (6, 2)  # BLMOVE/LMOVE: RQ 3 and the ingest
-NEEDED_COMMANDS = ("blmove", "lmove")
-
-
-class RedisUnavailable(MigratioError):
-    pass
-
-
-class RedisTooOld(ConfigError):
-    """The Redis server lacks what RQ 3 and the ingest use: restarting cannot help."""
-
-
-def connect(config: Config, redact: Redactor) -> redis.Redis:
-    """A Redis client that answered PING and can run migratio; one clear error if not."""
-    client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=5, health_check_interval=30,
-                                  retry_on_timeout=True)
-    where = redact(config.redis_url)
-    try:
-        client.ping()
-        require_redis(client, where)
-    except redis.RedisError as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}") from None
-    return client
-
-
-def require_redis(client: redis.Redis, where: str) -> str:
-    """The server's version; RedisTooOld unless it is >= 6.2 with BLMOVE and LMOVE enabled."""
-    version = str(client.info("server").get("redis_version", "0"))
-    numbers = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
-    need = ".".join(map(str, MIN_REDIS))
-    if numbers < MIN_REDIS:
-        raise RedisTooOld(f"Redis at {where} is version {version}; migratio needs Redis >= {need} "
-                          f"(BLMOVE/LMOVE, used by RQ 3 and the Atmosphere ingest)")
-    missing = [c.upper() for c in NEEDED_COMMANDS if not _has_command(client, c)]
-    if missing:
-        raise RedisTooOld(f"Redis at {where} (version {version}) has no {' and no '.join(missing)} command "
-                          f"(renamed or disabled with rename-command); migratio needs it (Redis >= {need})")
-    return version
-
-
-def _has_command(client: redis.Redis, name: str) -> bool:
-    """Asked without arguments, a known command says so ("wrong number of arguments"), and
-    does nothing; a renamed or disabled one is unknown."""
-    try:
-        client.execute_command(name.upper())
-    except redis.ResponseError as exc:
-        return "unknown command" not in str(exc).lower()
-    return True
 
 
 def build_app(config: Config, client: redis.Redis, services: Services | None = None,

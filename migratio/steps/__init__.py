@@ -2,7 +2,7 @@
 
 from migratio.conf.sites import Site
 from migratio.errors import ConfigError
-from migratio.pipeline.runner import Step
+from migratio.pipeline.runner import Step, unmet_need
 from migratio.steps import aws, common, openstack
 
 REGISTRY: dict[str, dict[str, type[Step]]] = {
@@ -25,7 +25,12 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
 
 
 def build_steps(site: Site) -> list[Step]:
-    """The site's pipeline as step objects; an unknown name is a ConfigError listing valid ones."""
+    """The site's pipeline as step objects.
+
+    Raises:
+        ConfigError: naming the site conf, for an unknown step (listing the valid ones) or a step
+            placed before every step that provides what it needs.
+    """
     names = site.pipeline or DEFAULT_PIPELINES[site.type]
     known = REGISTRY[site.type]
     unknown = [n for n in names if n not in known]
@@ -34,4 +39,10 @@ def build_steps(site: Site) -> list[Step]:
             f"{site.path}: unknown step '{unknown[0]}' in pipeline for type {site.type} "
             f"(valid steps: {', '.join(known)})"
         )
+    unmet = unmet_need([known[n] for n in names])
+    if unmet:
+        step, fact = unmet
+        providers = " or ".join(f"'{n}'" for n, s in known.items() if fact in s.provides)
+        raise ConfigError(f"{site.path}: step '{step.name}' in pipeline for type {site.type} needs {fact.value}: "
+                          f"put {providers} before it")
     return [known[n]() for n in names]

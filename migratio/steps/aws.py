@@ -1,15 +1,15 @@
 """Steps for Amazon EC2 destinations: dedupe by source tags, import (EBS direct or VM Import), tag."""
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from migratio.aws import amis, ebs_direct, vm_import
 from migratio.aws.clients import AwsClients, client_token
-from migratio.conf.sites import AwsOptions
 from migratio.errors import PermanentError, VerificationFailed
 from migratio.openstack.glance import SourceImage
 from migratio.origin import SOURCE_CS, SOURCE_T, SOURCE_UUID
-from migratio.pipeline.runner import Context, Step
+from migratio.pipeline.context import Context, Fact
+from migratio.pipeline.runner import Step
 from migratio.steps import common
 
 AMI_TIMEOUT = 3600  # seconds for a registered AMI to become available
@@ -17,12 +17,8 @@ PENDING_TIMEOUT = 1800  # seconds dedupe waits for a pending AMI left by an earl
 BAD_STATES = ("failed", "error", "invalid")
 
 
-def _site(ctx: Context) -> AwsOptions:
-    return ctx.site.options
-
-
 def _aws(ctx: Context) -> AwsClients:
-    return ctx.services.aws(_site(ctx))
+    return ctx.services.aws(ctx.site.aws)
 
 
 class Dedupe(Step):
@@ -36,7 +32,7 @@ class Dedupe(Step):
     name = "dedupe"
 
     def run(self, ctx: Context) -> str | None:
-        site = _site(ctx)
+        site = ctx.site.aws
         aws = _aws(ctx)
         images = amis.by_source(aws, ctx.job.image_id, ctx.job.source_site)
         for image in (i for i in images if i["State"] in BAD_STATES):
@@ -49,7 +45,7 @@ class Dedupe(Step):
         if not ready:
             return f"No copy on {ctx.site.id} yet"
         ami = ready[0]["ImageId"]
-        ctx.result = {"dest_image_id": ami, "already_present": True, "region": site.region}
+        ctx.dest_image_id, ctx.already_present, ctx.region = ami, True, site.region
         ctx.finished = True
         return None  # the job's final line says "Image already present" (once)
 
@@ -58,7 +54,7 @@ def _settle(ctx: Context, aws: AwsClients, ami: str) -> list[dict[str, Any]]:
     """Wait for a pending AMI of an earlier attempt: [it] once available; [] (and removed) if it fails."""
     ctx.say(f"dedupe: waiting for pending AMI {ami} of an earlier attempt")
     try:
-        return [amis.wait_available(aws, ami, interval=_site(ctx).poll_interval, timeout=PENDING_TIMEOUT)]
+        return [amis.wait_available(aws, ami, interval=ctx.site.aws.poll_interval, timeout=PENDING_TIMEOUT)]
     except amis.AmiFailed as exc:
         ctx.log.warning("pending AMI %s did not become available (%s): removing it", ami, exc)
         amis.remove(aws, ami)
@@ -70,7 +66,7 @@ class Convert(common.Convert):
     straight to streamOptimized VMDK (no raw copy in between)."""
 
     def target_format(self, ctx: Context) -> str | None:
-        site = _site(ctx)
+        site = ctx.site.aws
         if site.import_mode == "vm-import" and site.vm_import_format == "vmdk":
             return None
         return "raw"
@@ -80,10 +76,12 @@ class Import(Step):
     """Makes the AMI: EBS direct (snapshot + RegisterImage) or VM Import, as the site conf says."""
 
     name = "import"
+    needs = frozenset({Fact.IMAGE, Fact.PAYLOAD})
+    provides = frozenset({Fact.DEST_IMAGE})
 
     def run(self, ctx: Context) -> str | None:
-        site, image = _site(ctx), _image(ctx)
-        size = max(image.virtual_size or 0, os.path.getsize(ctx.payload))
+        site, image = ctx.site.aws, ctx.require_image()
+        size = max(image.virtual_size or 0, os.path.getsize(ctx.require_payload()))
         gib = ebs_direct.check_size(size, f"image {image.id}")  # before anything is sent
         arch, mode = amis.architecture(site, image.properties), amis.boot_mode(site, image.properties)
         aws = _aws(ctx)
@@ -91,7 +89,7 @@ class Import(Step):
             ami, snapshots = _vm_import(ctx, aws, image, arch, mode)
         else:
             ami, snapshots = _ebs_direct(ctx, aws, image, gib, arch, mode)
-        ctx.result.update(dest_image_id=ami, snapshot_ids=snapshots, region=site.region)
+        ctx.dest_image_id, ctx.snapshot_ids, ctx.region = ami, snapshots, site.region
         return f"Image imported as {ami} in {site.region}"
 
 
@@ -99,18 +97,14 @@ class Tag(Step):
     """Tags the AMI and its snapshots (source_t, source_uuid, source_cs, Name) and checks the AMI is available."""
 
     name = "tag"
+    needs = frozenset({Fact.IMAGE, Fact.DEST_IMAGE})
 
     def run(self, ctx: Context) -> str | None:
-        aws, image = _aws(ctx), ctx.image
-        ami = ctx.result.get("dest_image_id")
-        if image is None:
-            raise RuntimeError("pipeline error: 'locate' must run before 'tag'")
-        if not ami:
-            raise RuntimeError("pipeline error: 'import' must run before 'tag'")
+        aws, image, ami = _aws(ctx), ctx.require_image(), ctx.require_dest_image_id()
         described = amis.describe(aws, ami)
         if described is None:
-            raise VerificationFailed(f"AMI {ami} is gone from {_site(ctx).region}")
-        snapshots = list(dict.fromkeys([*ctx.result.get("snapshot_ids", []), *amis.snapshots_of(described)]))
+            raise VerificationFailed(f"AMI {ami} is gone from {ctx.site.aws.region}")
+        snapshots = list(dict.fromkeys([*(ctx.snapshot_ids or []), *amis.snapshots_of(described)]))
         tags = amis.source_tags(image.id, ctx.job.source_site, image.name)
         aws.ec2.create_tags(Resources=[ami, *snapshots], Tags=tags)
         _verify(amis.describe(aws, ami), ami, tags)
@@ -129,7 +123,7 @@ def _verify(image: dict[str, Any] | None, ami: str, tags: list[dict[str, str]]) 
 
 def _ebs_direct(ctx: Context, aws: AwsClients, image: SourceImage, gib: int, arch: str,
                 mode: str | None) -> tuple[str, list[str]]:
-    site = _site(ctx)
+    site = ctx.site.aws
     if ctx.payload_format != "raw":
         raise PermanentError(f"import: ebs-direct needs a raw disk, got a {ctx.payload_format} payload "
                              f"(the 'convert' step must run before 'import')")
@@ -140,11 +134,11 @@ def _ebs_direct(ctx: Context, aws: AwsClients, image: SourceImage, gib: int, arc
     ctx.on_failure(f"delete EBS snapshot {snapshot}", lambda: amis.delete_snapshot(aws, snapshot))
     ctx.say(f"import: writing {image.id} into EBS snapshot {snapshot}")
     writer = ebs_direct.BlockWriter(aws.ebs, snapshot, site.blocks_in_flight, progress=ctx.progress, clock=ctx.clock)
-    stats = writer.write(ctx.payload)
+    stats = writer.write(ctx.require_payload())
     ctx.log.info("snapshot %s: sent %d blocks of %d allocated (%d zero skipped, %d in the volume) in %.1fs",
                  snapshot, stats.blocks_sent, stats.blocks_allocated, stats.blocks_zero, stats.blocks_total,
                  stats.seconds)
-    ctx.result.update(blocks_sent=stats.blocks_sent, blocks_allocated=stats.blocks_allocated,
+    ctx.details.update(blocks_sent=stats.blocks_sent, blocks_allocated=stats.blocks_allocated,
                       blocks_zero=stats.blocks_zero, blocks_total=stats.blocks_total)
     ebs_direct.complete_snapshot(aws, snapshot, stats.blocks_sent, interval=site.poll_interval,
                                  timeout=ctx.config.job_timeout)
@@ -158,16 +152,17 @@ def _ebs_direct(ctx: Context, aws: AwsClients, image: SourceImage, gib: int, arc
 
 def _vm_import(ctx: Context, aws: AwsClients, image: SourceImage, arch: str,
                mode: str | None) -> tuple[str, list[str]]:
-    site = _site(ctx)
+    site = ctx.site.aws
     bucket = vm_import.check_bucket(aws)  # before converting: a wrong bucket fails fast
-    payload, disk_format = ctx.payload, site.vm_import_format
+    source = ctx.require_payload()
+    payload, disk_format = source, site.vm_import_format
     if disk_format == "vmdk":
         payload = ctx.workdir / f"{image.id}.vmdk"
         ctx.on_exit(f"remove {payload}", lambda: payload.unlink(missing_ok=True))
-        allocated = os.stat(ctx.payload).st_blocks * 512  # a streamOptimized VMDK is compressed: at most this
+        allocated = os.stat(source).st_blocks * 512  # a streamOptimized VMDK is compressed: at most this
         common.ensure_space(ctx.workdir, allocated, f"converting image {image.id} to VMDK")
-        total = image.virtual_size or os.path.getsize(ctx.payload)
-        vm_import.to_vmdk(ctx.commands, ctx.payload, ctx.payload_format, payload,
+        total = image.virtual_size or os.path.getsize(source)
+        vm_import.to_vmdk(ctx.commands, source, ctx.payload_format, payload,
                           progress=lambda fraction: ctx.progress(int(fraction * total), total))
     elif ctx.payload_format != "raw":
         raise PermanentError(f"import: vm-import with format raw needs a raw disk, got a {ctx.payload_format} "
@@ -190,7 +185,7 @@ def _vm_import(ctx: Context, aws: AwsClients, image: SourceImage, arch: str,
     return task["ImageId"], vm_import.snapshot_ids(task)
 
 
-def _import_reporter(ctx: Context, task_id: str):
+def _import_reporter(ctx: Context, task_id: str) -> Callable[[dict[str, Any]], None]:
     last: dict[str, Any] = {}
 
     def report(task: dict[str, Any]) -> None:
@@ -201,9 +196,3 @@ def _import_reporter(ctx: Context, task_id: str):
             ctx.say(f"import: AWS VM Import {task_id} {status}" + (f" ({progress}%)" if progress else ""))
 
     return report
-
-
-def _image(ctx: Context) -> SourceImage:
-    if ctx.image is None or ctx.payload is None:
-        raise RuntimeError("pipeline error: 'locate' and 'convert' must run before this step")
-    return ctx.image

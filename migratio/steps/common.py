@@ -6,8 +6,9 @@ from pathlib import Path
 
 from migratio.errors import ImageNotFound, NotEnoughSpace
 from migratio.local import hashes, qemu
-from migratio.openstack.glance import SourceImage
-from migratio.pipeline.runner import Context, Step
+from migratio.openstack.glance import GlanceClient, SourceImage
+from migratio.pipeline.context import Context, Fact
+from migratio.pipeline.runner import Step
 from migratio.units import MiB, whole_mib
 
 SPACE_MARGIN = 64 * MiB  # kept free in work_dir on top of what a file needs
@@ -17,6 +18,7 @@ class Locate(Step):
     """Looks the image up in this site's Glance and finds (or downloads) its data."""
 
     name = "locate"
+    provides = frozenset({Fact.IMAGE})
 
     def run(self, ctx: Context) -> str | None:
         glance = ctx.services.source_glance()
@@ -39,9 +41,10 @@ class Inspect(Step):
     """qemu-img info: refuses backing files, external data files and absurd virtual sizes."""
 
     name = "inspect"
+    needs = frozenset({Fact.IMAGE})
 
     def run(self, ctx: Context) -> str | None:
-        image = _image(ctx)
+        image = ctx.require_image()
         data = qemu.info(ctx.commands, image.path, image.disk_format)
         image.virtual_size = qemu.check_safe(data, image.path)
         return f"Image inspected ({image.disk_format}, virtual size {whole_mib(image.virtual_size)})"
@@ -51,13 +54,15 @@ class Convert(Step):
     """Converts to the destination's disk format when it asks for another one."""
 
     name = "convert"
+    needs = frozenset({Fact.IMAGE})
+    provides = frozenset({Fact.PAYLOAD})
 
     def target_format(self, ctx: Context) -> str | None:
-        """The disk format the destination wants (None: keep the source's)."""
-        return getattr(ctx.site.options, "disk_format", None)
+        """The disk format an OpenStack destination wants (None: keep the source's); AWS's Convert overrides this."""
+        return ctx.site.openstack.disk_format
 
     def run(self, ctx: Context) -> str | None:
-        image = _image(ctx)
+        image = ctx.require_image()
         target = self.target_format(ctx)
         ctx.payload, ctx.payload_format = image.path, image.disk_format
         if not target or target == image.disk_format:
@@ -119,17 +124,9 @@ def _usable(path: Path, image: SourceImage, ctx: Context) -> bool:
     return ok
 
 
-def _download(ctx: Context, glance, image: SourceImage) -> Path:
+def _download(ctx: Context, glance: GlanceClient, image: SourceImage) -> Path:
     ensure_space(ctx.workdir, image.size, f"downloading image {image.id}")
     dest = ctx.workdir / f"{image.id}.{image.disk_format or 'img'}.download"
     ctx.on_exit(f"remove {dest}", lambda: dest.unlink(missing_ok=True))
     glance.download(image.id, dest, progress=lambda done, total: ctx.progress(done, total or image.size))
     return dest
-
-
-def _image(ctx: Context) -> SourceImage:
-    if ctx.image is None or ctx.image.path is None:
-        raise RuntimeError("pipeline error: 'locate' must run before this step")
-    return ctx.image
-
-

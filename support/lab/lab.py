@@ -1,11 +1,6 @@
-#!/usr/bin/env python3
 """The migratio lab: two real Glance sites, site-b's head node (sshd) and Redis.
 
-Usable as a module (``import lab``; stdlib only) and as a script::
-
-    python3 support/lab/lab.py start|stop|status [--root .lab] [--run-dir DIR]
-    python3 support/lab/lab.py upload-image --site site-a --name demo [--size 1G --data-mib 64]
-
+``Lab`` starts, adopts and stops them; ``python3 -m support.lab`` is its command line.
 Layout under ``root`` (default ``.lab``)::
 
     glance-venv/         glance 33 + gunicorn + glanceclient, made once with uv
@@ -21,116 +16,23 @@ starts everything afresh.
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import getpass
-import hashlib
 import json
 import os
 import shlex
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
-import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# siblings: importable because this directory is sys.path[0] (script) or on sys.path;
-# re-exported so that users need only ``import lab``
-from labimages import (  # noqa: F401
-    GlanceAPI,
-    GlanceError,
-    file_hashes,
-    make_qcow2,
-    parse_size,
-    qemu_img_info,
-)
-from labservices import (  # noqa: F401
-    HOST,
-    GlanceSite,
-    LabError,
-    RedisServer,
-    Sshd,
-    redis_ping,
-    run,
-    ssh_banner,
-    start_time,
-    tail,
-)
+from support.lab.glance_venv import ensure_glance_venv, ensure_pristine_db
+from support.lab.images import GlanceAPI
+from support.lab.services import HOST, GlanceSite, RedisServer, Sshd
 
-GLANCE_PYTHON = "3.11"
-GLANCE_REQUIREMENTS = ("glance==33.0.0", "gunicorn>=23", "python-glanceclient")
 SITES = ("site-a", "site-b")
 HEAD_SITE = "site-b"
 HEAD_TOKEN = "lab-token"
-
-
-# --------------------------------------------------------------------------- glance venv
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive flock on ``path`` (serialises concurrent lab processes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def find_uv() -> str:
-    """``uv`` next to the running Python (e.g. the project venv's) or from PATH."""
-    candidates = [str(Path(sys.executable).parent / "uv"), shutil.which("uv")]
-    for uv in candidates:
-        if uv and os.access(uv, os.X_OK):
-            return uv
-    raise LabError("uv not found on PATH nor next to " + sys.executable +
-                   " (install it: python3 -m pip install uv)")
-
-
-def venv_spec() -> str:
-    """The exact requirement spec of the glance venv (recorded in its marker)."""
-    return "\n".join([f"python {GLANCE_PYTHON}", *GLANCE_REQUIREMENTS]) + "\n"
-
-
-def ensure_glance_venv(lab_root: Path) -> Path:
-    """``<lab_root>/glance-venv`` with glance, gunicorn and glanceclient (idempotent)."""
-    venv = Path(lab_root).resolve() / "glance-venv"
-    marker = venv / ".lab-requirements"
-    if marker.exists() and marker.read_text() == venv_spec():
-        return venv
-    with file_lock(Path(lab_root).resolve() / "glance-venv.lock"):
-        if marker.exists() and marker.read_text() == venv_spec():
-            return venv
-        uv = find_uv()
-        run([uv, "venv", "--clear", "--quiet", "--python", GLANCE_PYTHON, str(venv)])
-        run([uv, "pip", "install", "--quiet", "--python", str(venv / "bin/python"),
-             *GLANCE_REQUIREMENTS])
-        marker.write_text(venv_spec())
-    return venv
-
-
-def ensure_pristine_db(lab_root: Path, venv: Path) -> Path:
-    """A db_sync'ed glance sqlite under ``<lab_root>/cache`` (made once per venv spec)."""
-    cache = Path(lab_root).resolve() / "cache"
-    key = hashlib.sha256(venv_spec().encode()).hexdigest()[:12]
-    db = cache / f"glance-pristine-{key}.sqlite"
-    if db.exists():
-        return db
-    with file_lock(cache / "pristine-db.lock"):
-        if db.exists():
-            return db
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            (Path(tmp) / "glance-api.conf").write_text(
-                f"[database]\nconnection = sqlite:///{tmp}/glance.sqlite\n")
-            run([str(venv / "bin/glance-manage"), "--config-dir", tmp, "db_sync"], cwd=tmp)
-            os.replace(Path(tmp) / "glance.sqlite", db)
-    return db
 
 
 # --------------------------------------------------------------------------- descriptions
@@ -353,83 +255,3 @@ class Lab:
     # -- images
     def upload_image(self, site: str, path: Path | str, name: str, **properties) -> dict:
         return self.sites[site].api().upload_image(path, name, **properties)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _print_summary(lab: Lab) -> None:
-    head = lab.head_node
-    how = "reused the running lab" if lab.reused else f"started in {lab.info['timings']}"
-    print(f"lab {how} ({lab.info_file})")
-    for name, site in lab.sites.items():
-        print(f"  {name}: {site.glance_url}  images in {site.images_dir}")
-    print(f"  redis: {lab.redis_url}")
-    print(f"  head node ({head.site}): ssh -p {head.port} -i {head.key_file} "
-          f"-o UserKnownHostsFile={head.known_hosts} {head.user}@{head.host}")
-    print(f"    then: . {head.env_file} && glance image-list   (staging: {head.staging_dir})")
-    print(f"stop it with: python3 {Path(__file__).resolve()} stop --root {lab.root}"
-          + (f" --run-dir {lab.run_dir}" if lab.run_dir != lab.root / "run" else ""))
-
-
-def _cmd_status(lab: Lab) -> int:
-    health = lab.health()
-    if not health:
-        print(f"lab not running ({lab.info_file} missing)")
-        return 1
-    for name, ok in health.items():
-        print(f"  {name:7} {'running' if ok else 'DOWN'}  pid {lab.pids.get(name)}")
-    print("lab running" if all(health.values()) else "lab degraded")
-    return 0 if all(health.values()) else 1
-
-
-def _cmd_upload(lab: Lab, args) -> int:
-    if not lab.attach():
-        raise LabError(f"no lab running ({lab.info_file} missing): run start first")
-    props = dict(p.split("=", 1) for p in args.property)
-    path = Path(args.file) if args.file else make_qcow2(
-        lab.run_dir / f"{args.name}.qcow2", args.size, args.data_mib,
-        seed=zlib.crc32(args.name.encode()))
-    image = lab.upload_image(args.site, path, args.name, **props)
-    print(image["id"])
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["start", "stop", "status", "upload-image"])
-    parser.add_argument("--root", default=".lab", help="lab root (default: .lab)")
-    parser.add_argument("--run-dir", help="run dir (default: ROOT/run)")
-    parser.add_argument("--fresh", action="store_true", help="start: never reuse")
-    up = parser.add_argument_group("upload-image")
-    up.add_argument("--site", default="site-a", choices=SITES)
-    up.add_argument("--name", default="lab-image")
-    up.add_argument("--file", help="upload this file instead of making a qcow2")
-    up.add_argument("--size", default="1G", help="virtual size of the made qcow2")
-    up.add_argument("--data-mib", type=int, default=16, help="MiB of data in it")
-    up.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    lab = Lab(args.root, args.run_dir)
-    try:
-        if args.command == "start":
-            _print_summary(lab.start(reuse=not args.fresh))
-        elif args.command == "stop":
-            lab.stop()
-            print(f"lab stopped ({lab.run_dir})")
-        elif args.command == "status":
-            return _cmd_status(lab)
-        else:
-            return _cmd_upload(lab, args)
-    except BrokenPipeError:  # output piped into `head`
-        return 0
-    except (LabError, GlanceError, OSError, subprocess.CalledProcessError) as e:
-        first, _, details = str(e).partition("\n")
-        print(f"lab {args.command} failed: {first}", file=sys.stderr)
-        if details:
-            print(details, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
--- A status line for Atmosphere, paced per migration (see migratio/feedback.py).
+-- A status line for Atmosphere, paced per migration (see migratio/queue/feedback.py).
 -- KEYS: 1 next (when the next push is allowed), 2 pending (lines waiting), 3 due (zset of
 --       migrations with lines waiting), 4 Sidekiq's queues set, 5 Sidekiq's feedback queue
 -- ARGV: 1 member (the migration), 2 the job's JSON without its closing brace,

@@ -1,29 +1,30 @@
-"""The `migratio` command line."""
+"""The `migratio` command line: worker, migrate, status, retry, sites, check (rendering in `render`)."""
 
 import json
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import click
+from redis import Redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from migratio import ids
+from migratio.cli import render
 from migratio.conf import sites
 from migratio.conf.config import Config, config_path, load_config
 from migratio.errors import ConfigError, InvalidInput, MigratioError
-from migratio.logs import job_log_path, setup_logging
+from migratio.logs import setup_logging
 from migratio.queue import views as job_views
-from migratio.queue.enqueue import enqueue_migration, migration_queue
+from migratio.queue.enqueue import enqueue_validated, migration_queue
 from migratio.redact import Redactor
-from migratio.units import format_size, parse_size
+from migratio.units import parse_size
 
 EX_CONFIG = 78  # sysexits.h; the systemd unit does not restart a worker that exits with it
-ENDED = ("finished", "failed", "canceled", "stopped")
-BAR_WIDTH = 24
 
 
 class Cli(click.Group):
@@ -40,12 +41,14 @@ class Cli(click.Group):
 
 
 class State:
+    """What every command gets: the --config/--debug options and the redactor of this process's secrets."""
+
     def __init__(self, config_option: str | None, debug: bool):
         self.config_option, self.debug = config_option, debug
         self.redact = Redactor.from_environ(os.environ)
 
     @property
-    def config_file(self):
+    def config_file(self) -> Path:
         return config_path(self.config_option, os.environ)
 
     def config(self, name: str | None = None) -> Config:
@@ -54,8 +57,8 @@ class State:
             config = replace(config, name=ids.site_id(name))
         return config
 
-    def redis(self, config: Config):
-        from migratio.queue.worker import connect
+    def redis(self, config: Config) -> Redis:
+        from migratio.queue.connections import connect
 
         return connect(config, self.redact)
 
@@ -81,7 +84,8 @@ def worker(state: State, burst: bool, name: str | None) -> None:
     Exit codes: 0 after a warm shutdown (SIGTERM: the running job ends first), 78 on a
     configuration error (systemd does not restart it), 1 on other errors (e.g. Redis down).
     """
-    from migratio.queue.worker import RedisTooOld, build_app, run_worker
+    from migratio.queue.connections import RedisTooOld
+    from migratio.queue.worker import build_app, run_worker
 
     try:
         config = state.config(name)
@@ -112,11 +116,11 @@ def migrate(state: State, image_uuid: str, dest_site: str, wait: bool, feedback:
     config = state.config()
     image_id = ids.image_id(image_uuid)
     site = sites.load_site(config.sites_dir, dest_site)  # an unknown or broken site fails here, not later
-    job = enqueue_migration(migration_queue(config, state.redis(config)), config, image_id, dest_site, site=site,
+    job = enqueue_validated(migration_queue(config, state.redis(config)), config, image_id, site.id, site,
                             feedback=feedback)
     click.echo(f"enqueued job {job.id}: migrate {image_id} to {dest_site}")
     if wait:
-        sys.exit(_wait(job))
+        sys.exit(render.wait(job))
 
 
 @main.command()
@@ -139,9 +143,9 @@ def status(state: State, job_id: str | None, as_json: bool, watch: bool, interva
             if watch and tty:
                 click.clear()
             if as_json:
-                click.echo(json.dumps([_as_dict(v, config.log_dir) for v in views], default=str, indent=2))
+                click.echo(json.dumps([render.as_dict(v, config.log_dir) for v in views], default=str, indent=2))
             else:
-                _print_views(views, queue.name, tty, config.log_dir, detail=bool(job_id))
+                render.print_views(views, queue.name, tty, config.log_dir, detail=bool(job_id))
             done += 1
             if not watch or (rounds is not None and done >= rounds):
                 return
@@ -204,111 +208,16 @@ def sites_command(state: State) -> None:
 @click.pass_obj
 def check(state: State, site_ids: tuple[str, ...], min_free: str) -> None:
     """Preflight: is this site and each destination (default: all) set up to migrate?"""
-    from migratio.check import probes as checks
+    from migratio.check.probe import summary
+    from migratio.check.run import Inputs, run_all
 
-    results = checks.run_all(checks.Inputs(config_file=state.config_file, environ=dict(os.environ),
-                                           site_ids=list(site_ids), min_free=parse_size(min_free),
-                                           redact=state.redact))
+    results = run_all(Inputs(config_file=state.config_file, environ=dict(os.environ), site_ids=list(site_ids),
+                             min_free=parse_size(min_free), redact=state.redact))
     for result in results:
         click.echo(result.line())
-    counts = {status: sum(1 for r in results if r.status == status) for status in ("PASS", "FAIL", "SKIP")}
-    failed = counts["FAIL"]
-    click.echo(f"{counts['PASS']} passed, {failed} failed" + (f", {counts['SKIP']} not checked" if counts["SKIP"] else ""))
-    sys.exit(1 if failed else 0)
-
-
-# -- rendering
-
-def _as_dict(v: job_views.JobView, log_dir) -> dict:
-    log = _job_log(log_dir, v.id)
-    return {**asdict(v), "percent": v.percent, "eta": v.eta, "log": str(log) if log else None}
-
-
-def _print_views(views: list[job_views.JobView], queue_name: str, tty: bool, log_dir, detail: bool = False) -> None:
-    """One line per job; a failed job (or the one asked for) also gets its retry hint and log file."""
-    if not views:
-        click.echo(f"no jobs on {queue_name}")
-    for v in views:
-        click.echo(_line(v, tty, elapsed=True))
-        if v.state == "failed":
-            click.echo(f"    retry: migratio retry {v.id}")
-        log = _job_log(log_dir, v.id) if v.state == "failed" or detail else None
-        if log:
-            click.echo(f"    log: {log}")
-
-
-def _job_log(log_dir, job_id: str):
-    """log/jobs/<job_id>.log (the commands it ran, their exit codes and stderr), if this host has it."""
-    try:
-        path = job_log_path(log_dir, job_id)
-    except MigratioError:
-        return None
-    return path if path.is_file() else None
-
-
-def _line(v: job_views.JobView, tty: bool = False, elapsed: bool = False) -> str:
-    text = f"{v.id}  {v.state:<12} {v.image_id} -> {v.dest}"
-    if v.state == "started":
-        text += "  " + _progress(v, tty, elapsed)
-    elif v.state == "rate_limited":
-        text += "  waiting: max_concurrent jobs to this site are already running"
-    if v.error and v.state in ("failed", "scheduled"):
-        text += f"  reason: {v.error}"
-        if v.state == "scheduled":
-            text += " (will retry)"
-    if v.result:
-        text += f"  result: {v.result.get('dest_image_id')}"
-    return text
-
-
-def _progress(v: job_views.JobView, tty: bool, elapsed: bool) -> str:
-    parts = [f"step={v.step or '-'}"]
-    if v.percent is not None:
-        parts.append(_bar(v.percent) if tty else f"{v.percent}%")
-    if v.bytes_done is not None:
-        parts.append(format_size(v.bytes_done) + (f"/{format_size(v.bytes_total)}" if v.bytes_total else ""))
-    if v.rate:
-        parts.append(f"{format_size(v.rate)}/s")
-    if v.eta is not None:
-        parts.append(f"ETA {_duration(v.eta)}")
-    if elapsed and v.started_at:
-        parts.append(f"running {_duration(_elapsed(v.started_at))}")
-    return " ".join(parts)
-
-
-def _bar(percent: int) -> str:
-    filled = BAR_WIDTH * percent // 100
-    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {percent:3d}%"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _elapsed(since: datetime) -> float:
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=timezone.utc)
-    return max(0.0, (datetime.now(timezone.utc) - since).total_seconds())
+    click.echo(summary(results))
+    sys.exit(0 if all(r.ok for r in results) else 1)
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _wait(job) -> int:
-    last = None
-    while True:
-        job.refresh()
-        v = job_views.view(job)
-        line = _line(v)
-        if line != last:
-            click.echo(line)
-            last = line
-        if v.state in ENDED:
-            return 0 if v.state == "finished" else 1
-        time.sleep(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,16 +6,16 @@ way an operator would configure it.
 
 from pathlib import Path
 
-LAB_TOKEN = "lab-token"
+from support.lab.lab import HEAD_TOKEN, Lab
 
 
-def write_migratio_config(lab, directory: Path, site_b: dict | None = None, **config) -> Path:
+def write_migratio_config(lab: Lab, directory: Path, site_b: dict | None = None, **config) -> Path:
     """Write <directory>/config.yml (+ clouds.yaml, sites/site-b.conf); returns the config path."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "sites").mkdir(exist_ok=True)
     clouds = directory / "clouds.yaml"
     clouds.write_text(_yaml({"clouds": {
-        name: {"auth_type": "admin_token", "auth": {"endpoint": site.glance_url, "token": LAB_TOKEN}}
+        name: {"auth_type": "admin_token", "auth": {"endpoint": site.glance_url, "token": HEAD_TOKEN}}
         for name, site in lab.sites.items()
     }}))
     head = lab.head_node

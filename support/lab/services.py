@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 HOST = "127.0.0.1"
-HERE = Path(__file__).resolve().parent
+# on the PYTHONPATH of the Glance venv's gunicorn, which loads support.lab.wsgi and support.lab.auth
+REPO = Path(__file__).resolve().parents[2]
 
 
 class LabError(RuntimeError):
@@ -386,12 +387,12 @@ control_socket_disable = True  # gunicorn >= 27: no shared ~/.gunicorn/gunicorn.
 LAB_PIPELINE = """
 
 # --- added by the migratio lab: the unauthenticated pipeline, but with a
-# --- project-scoped admin context (labauth sets keystonemiddleware's headers)
+# --- project-scoped admin context (support.lab.auth sets keystonemiddleware's headers)
 [pipeline:glance-api-lab]
 pipeline = cors http_proxy_to_wsgi versionnegotiation osprofiler labauth context rootapp
 
 [filter:labauth]
-paste.filter_factory = labauth:filter_factory
+paste.filter_factory = support.lab.auth:filter_factory
 project_id = {project_id}
 user_id = {user_id}
 """
@@ -458,13 +459,13 @@ class GlanceSite(Service):
 
     def command(self) -> list[str]:
         return [str(self.venv / "bin/gunicorn"), "-c", str(self.config_dir / "gunicorn.conf.py"),
-                "labwsgi:application"]
+                "support.lab.wsgi:application"]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["OS_GLANCE_CONFIG_DIR"] = str(self.config_dir)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(HERE), env.get("PYTHONPATH", "")) if p)
+            p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         env.pop("VIRTUAL_ENV", None)
         return env
 
