@@ -14,7 +14,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from migratio import ids
-from migratio.cli import render
+from migratio.cli import render, terminal
 from migratio.conf import sites
 from migratio.conf.config import Config, config_path, load_config
 from migratio.errors import ConfigError, InvalidInput, MigratioError
@@ -94,7 +94,7 @@ def worker(state: State, burst: bool, name: str | None) -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(EX_CONFIG)
-    setup_logging(config.log_dir, "DEBUG" if state.debug else config.log_level, state.redact)
+    setup_logging(config.log_dir, "DEBUG" if state.debug else config.log_level, state.redact, fmt=config.log_format)
     try:
         client = state.redis(config)
     except RedisTooOld as exc:  # a deployment problem: restarting cannot help
@@ -120,7 +120,7 @@ def migrate(state: State, image_uuid: str, dest_site: str, wait: bool, feedback:
                             feedback=feedback)
     click.echo(f"enqueued job {job.id}: migrate {image_id} to {dest_site}")
     if wait:
-        sys.exit(render.wait(job))
+        sys.exit(terminal.follow(job) if sys.stdout.isatty() else render.wait(job))
 
 
 @main.command()
@@ -135,21 +135,24 @@ def status(state: State, job_id: str | None, as_json: bool, watch: bool, interva
     """List this site's jobs (or show one): running ones with step, progress, rate and ETA."""
     config = state.config()
     queue = migration_queue(config, state.redis(config))
-    tty = sys.stdout.isatty() and not as_json
+
+    def fetch() -> list[job_views.JobView]:
+        return [job_views.get_view(queue, job_id)] if job_id else job_views.list_views(queue)
+
     done = 0
     try:
+        if sys.stdout.isatty() and not as_json:  # progress bars, redrawn in place by --watch
+            return terminal.show(fetch, queue.name, config.log_dir, bool(job_id), interval if watch else None, rounds)
         while True:
-            views = [job_views.get_view(queue, job_id)] if job_id else job_views.list_views(queue)
-            if watch and tty:
-                click.clear()
+            views = fetch()
             if as_json:
                 click.echo(json.dumps([render.as_dict(v, config.log_dir) for v in views], default=str, indent=2))
             else:
-                render.print_views(views, queue.name, tty, config.log_dir, detail=bool(job_id))
+                render.print_views(views, queue.name, config.log_dir, detail=bool(job_id))
             done += 1
             if not watch or (rounds is not None and done >= rounds):
                 return
-            if not tty and not as_json:
+            if not as_json:
                 click.echo("")
             time.sleep(interval)
     except KeyboardInterrupt:  # the way out of --watch

@@ -1,4 +1,5 @@
-"""How `migratio status` and `migratio migrate --wait` show jobs: one line each, progress, log file."""
+"""How `migratio status` and `migratio migrate --wait` show jobs as plain lines: one line each, progress,
+log file (on a terminal, `cli.terminal` draws the running ones as progress bars)."""
 
 import time
 from dataclasses import asdict
@@ -14,7 +15,6 @@ from migratio.queue.views import JobView, view
 from migratio.units import format_size
 
 ENDED = ("finished", "failed", "canceled", "stopped")
-BAR_WIDTH = 24
 
 
 def as_dict(v: JobView, log_dir: Path) -> dict[str, object]:
@@ -23,17 +23,25 @@ def as_dict(v: JobView, log_dir: Path) -> dict[str, object]:
     return {**asdict(v), "percent": v.percent, "eta": v.eta, "log": str(log) if log else None}
 
 
-def print_views(views: list[JobView], queue_name: str, tty: bool, log_dir: Path, detail: bool = False) -> None:
+def print_views(views: list[JobView], queue_name: str, log_dir: Path, detail: bool = False) -> None:
     """One line per job; a failed job (or the one asked for) also gets its retry hint and log file."""
     if not views:
-        click.echo(f"no jobs on {queue_name}")
+        click.echo(no_jobs(queue_name))
     for v in views:
-        click.echo(job_line(v, tty, elapsed=True))
-        if v.state == "failed":
-            click.echo(f"    retry: migratio retry {v.id}")
-        log = job_log(log_dir, v.id) if v.state == "failed" or detail else None
-        if log:
-            click.echo(f"    log: {log}")
+        click.echo(job_line(v, elapsed=True))
+        for line in hints(v, log_dir, detail):
+            click.echo(line)
+
+
+def no_jobs(queue_name: str) -> str:
+    return f"no jobs on {queue_name}"
+
+
+def hints(v: JobView, log_dir: Path, detail: bool) -> list[str]:
+    """The lines under a job's: the retry command of a failed job, its log file (or the one asked for's)."""
+    lines = [f"    retry: migratio retry {v.id}"] if v.state == "failed" else []
+    log = job_log(log_dir, v.id) if v.state == "failed" or detail else None
+    return (lines + [f"    log: {log}"]) if log else lines
 
 
 def job_log(log_dir: Path, job_id: str) -> Path | None:
@@ -45,11 +53,11 @@ def job_log(log_dir: Path, job_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def job_line(v: JobView, tty: bool = False, elapsed: bool = False) -> str:
+def job_line(v: JobView, elapsed: bool = False) -> str:
     """`<id>  <state> <image> -> <dest>`, then progress, the wait reason, the error or the result."""
-    text = f"{v.id}  {v.state:<12} {v.image_id} -> {v.dest}"
+    text = head(v)
     if v.state == "started":
-        text += "  " + progress(v, tty, elapsed)
+        text += "  " + progress(v, elapsed)
     elif v.state == "rate_limited":
         text += "  waiting: max_concurrent jobs to this site are already running"
     if v.error and v.state in ("failed", "scheduled"):
@@ -61,24 +69,26 @@ def job_line(v: JobView, tty: bool = False, elapsed: bool = False) -> str:
     return text
 
 
-def progress(v: JobView, tty: bool, elapsed: bool) -> str:
-    parts = [f"step={v.step or '-'}"]
-    if v.percent is not None:
-        parts.append(bar(v.percent) if tty else f"{v.percent}%")
-    if v.bytes_done is not None:
-        parts.append(format_size(v.bytes_done) + (f"/{format_size(v.bytes_total)}" if v.bytes_total else ""))
-    if v.rate:
-        parts.append(f"{format_size(v.rate)}/s")
-    if v.eta is not None:
-        parts.append(f"ETA {duration(v.eta)}")
-    if elapsed and v.started_at:
-        parts.append(f"running {duration(_elapsed(v.started_at))}")
-    return " ".join(parts)
+def head(v: JobView) -> str:
+    """What every job line starts with: `<id>  <state> <image> -> <dest>`."""
+    return f"{v.id}  {v.state:<12} {v.image_id} -> {v.dest}"
 
 
-def bar(percent: int) -> str:
-    filled = BAR_WIDTH * percent // 100
-    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {percent:3d}%"
+def progress(v: JobView, elapsed: bool) -> str:
+    """`step=<step> <percent>% <bytes> <rate> ETA <eta> running <time>`, each part when known."""
+    shown = figures(v)
+    parts = [f"step={v.step or '-'}", "" if v.percent is None else f"{v.percent}%", shown["bytes"], shown["rate"],
+             shown["eta"], shown["running"] if elapsed else ""]
+    return " ".join(p for p in parts if p)
+
+
+def figures(v: JobView) -> dict[str, str]:
+    """A running job's bytes, rate, ETA and run time as it recorded them ('' when unknown)."""
+    done, total = v.bytes_done, v.bytes_total
+    return {"bytes": "" if done is None else format_size(done) + (f"/{format_size(total)}" if total else ""),
+            "rate": f"{format_size(v.rate)}/s" if v.rate else "",
+            "eta": "" if v.eta is None else f"ETA {duration(v.eta)}",
+            "running": f"running {duration(_elapsed(v.started_at))}" if v.started_at else ""}
 
 
 def duration(seconds: float) -> str:
@@ -104,5 +114,10 @@ def wait(job: Job) -> int:
             click.echo(text)
             last = text
         if v.state in ENDED:
-            return 0 if v.state == "finished" else 1
+            return exit_code(v)
         time.sleep(1)
+
+
+def exit_code(v: JobView) -> int:
+    """What `migrate --wait` exits with once the job ended: 0 if it finished, else 1."""
+    return 0 if v.state == "finished" else 1

@@ -9,6 +9,7 @@ import yaml
 from migratio import ids
 from migratio.conf.validation import build
 from migratio.errors import ConfigError, InvalidInput
+from migratio.logs import LogFormat
 
 DEFAULT_PATH = Path("config.yml")
 ENV_VAR = "MIGRATIO_CONFIG"
@@ -32,7 +33,10 @@ class Config:
     retry_intervals: list[int] = field(default_factory=lambda: [60, 300, 900])
     lock_ttl: int = 3600
     feedback_interval: float = 2.0  # seconds between two status lines of one migration to Atmosphere
+    metrics_port: int | None = None  # Prometheus metrics served by the worker (see migratio.queue.metrics)
+    metrics_listen: str = "127.0.0.1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: LogFormat = "text"  # json: one object per line, for Loki/ELK (see migratio.logs)
 
     @property
     def queue_name(self) -> str:
@@ -80,6 +84,8 @@ def _check(config: Config, path: Path) -> None:
             raise ConfigError(f"{path}: key '{key}' must be a positive number of seconds")
     if not 0 <= config.feedback_interval <= 60:
         raise ConfigError(f"{path}: key 'feedback_interval' must be between 0 and 60 seconds")
+    if config.metrics_port is not None and not 0 < config.metrics_port < 65536:
+        raise ConfigError(f"{path}: key 'metrics_port' must be a TCP port (1-65535) or null, got {config.metrics_port}")
     if config.retries < 0 or any(i < 0 for i in config.retry_intervals):
         raise ConfigError(f"{path}: keys 'retries' and 'retry_intervals' must not be negative")
 

@@ -12,7 +12,9 @@ from typing import Callable, Mapping
 from migratio.conf.config import Config
 from migratio.conf.sites import Site
 from migratio.local.commands import Commands
+from migratio.logs import set_job_fields
 from migratio.openstack.glance import SourceImage
+from migratio.pipeline.recorder import NullRecorder, Recorder
 from migratio.pipeline.services import Services
 from migratio.pipeline.status import JobInfo, Meta, ProgressThrottle, StatusSink
 from migratio.units import format_size
@@ -45,6 +47,7 @@ class Context:
     status: StatusSink
     clock: Callable[[], float] = time.monotonic
     retries_left: int = 0  # automatic retries the job still has (a retried failure keeps resumable files)
+    metrics: Recorder = field(default_factory=NullRecorder)  # the worker's metrics (migratio.queue.metrics)
     image: SourceImage | None = None
     payload: Path | None = None  # the file that is sent (the source file, or its conversion)
     payload_format: str | None = None
@@ -62,6 +65,8 @@ class Context:
     _kept_for_retry: list[Action] = field(default_factory=list)
     _on_failure: list[Action] = field(default_factory=list)
     _throttle: ProgressThrottle | None = None
+    _sent: int = 0  # bytes this step reported through `sending` (counted as sent once)
+    _step_start: float = 0.0
 
     @property
     def result(self) -> Mapping[str, object]:
@@ -94,7 +99,8 @@ class Context:
 
     @property
     def log(self) -> logging.LoggerAdapter:
-        return JobLog(log, {"job_id": self.job.job_id, "step": self.step})
+        return JobLog(log, {"job_id": self.job.job_id, "image_id": self.job.image_id, "dest": self.job.dest_site,
+                            "step": self.step})
 
     @property
     def commands(self) -> Commands:
@@ -111,6 +117,25 @@ class Context:
             self._throttle = ProgressThrottle(self.clock)
         if total and self._throttle.due(done, total):
             self.say(f"{self.step}: {100 * done // total}% ({format_size(done)} of {format_size(total)})")
+
+    def sending(self, done: int, total: int | None, rate: float | None = None) -> None:
+        """`progress` of bytes going to the destination: they also count as sent (once per step:
+        a step that starts a second pass, e.g. rsync after a stream, counts what passes the first)."""
+        self.progress(done, total, rate)
+        if done > self._sent:
+            self.metrics.bytes_sent(self.site.id, self.site.type, done - self._sent)
+            self._sent = done
+        if rate is None:
+            elapsed = self.clock() - self._step_start
+            rate = done / elapsed if elapsed > 0 else None
+        if rate is not None:
+            self.metrics.transfer_rate(self.site.id, rate)
+
+    def begin_step(self, name: str) -> None:
+        """A step starts: its progress (and what it sent) starts from zero."""
+        if self._sent:
+            self.metrics.transfer_rate(self.site.id, 0.0)  # the last step sent: nothing is sent now
+        self.step, self._throttle, self._sent, self._step_start = name, None, 0, self.clock()
 
     def on_exit(self, what: str, action: Callable[[], None], keep_for_retry: bool = False) -> None:
         """Run `action` when the job ends, however it ends (temp files, staged copies).
@@ -145,7 +170,14 @@ class Context:
 
 
 class JobLog(logging.LoggerAdapter):
-    """Prefixes each message with the job id and the step, as every job log line has."""
+    """Prefixes each message with the job id and the step, as every job log line has, and puts the
+    job's fields (job_id, image_id, dest, step) on the record for the JSON logs; the job's other
+    records in this thread (status lines, other loggers') carry them too from then on (see migratio.logs)."""
+
+    def log(self, level, msg, *args, **kwargs):
+        set_job_fields(**self.extra)
+        super().log(level, msg, *args, **kwargs)
 
     def process(self, msg, kwargs):
+        kwargs["extra"] = {**self.extra, **(kwargs.get("extra") or {})}
         return f"job={self.extra['job_id']} step={self.extra['step']} {msg}", kwargs

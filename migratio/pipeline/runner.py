@@ -49,14 +49,13 @@ def run_pipeline(ctx: Context, steps: list[Step]) -> dict[str, object]:
         retrying = decide(exc, ctx.retries_left).retried
         raise
     finally:
-        ctx.step = "cleanup"
+        ctx.begin_step("cleanup")
         ctx.run_cleanups(failed, retrying)
     return dict(ctx.result)
 
 
 def _run_step(ctx: Context, step: Step) -> None:
-    ctx.step = step.name
-    ctx._throttle = None
+    ctx.begin_step(step.name)
     ctx.meta.update(step=step.name, bytes_done=None, bytes_total=None, rate=None)
     ctx.log.info("started")
     start = ctx.clock()
@@ -65,6 +64,8 @@ def _run_step(ctx: Context, step: Step) -> None:
     except Exception as exc:
         ctx.log.error("failed after %.1fs: %s", ctx.clock() - start, exc)
         raise
+    finally:
+        ctx.metrics.step_ended(ctx.site.id, ctx.site.type, step.name, ctx.clock() - start)
     ctx.log.info("done in %.1fs", ctx.clock() - start)
     ctx.steps_done.append(step.name)
     ctx.meta.update(steps_done=list(ctx.steps_done))

@@ -30,6 +30,7 @@ from typing import Callable
 
 import redis
 
+from migratio.pipeline.recorder import NullRecorder, Recorder
 from migratio.pipeline.status import JobInfo, is_final
 from migratio.queue import scripts, sidekiq
 from migratio.queue.keys import FEEDBACK_QUEUE, FeedbackKeys
@@ -69,8 +70,10 @@ class FeedbackSink:
     def __init__(self, client: redis.Redis, namespace: str, redact: Callable[[str], str] = str, *,
                  interval: float = DEFAULT_INTERVAL, timestamps: sidekiq.Timestamps = "seconds",
                  max_buffer: int = 1000, max_backoff: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 metrics: Recorder | None = None):
         self.client, self.namespace, self.redact = client, namespace, redact
+        self.metrics = metrics or NullRecorder()  # counts lines sent, made to wait, dropped
         self.interval_ms = int(interval * 1000)
         self.timestamps, self.max_buffer, self.max_backoff = timestamps, max_buffer, max_backoff
         self.clock, self.sleep = clock, sleep
@@ -104,6 +107,8 @@ class FeedbackSink:
             self._append(_Line(member(job), sidekiq.dump(payload)[:-1], is_final(text), line))
             if self.clock() >= self._retry_at:
                 self._drain()
+            if self._buffer:  # Redis unreachable: it waits here
+                self.metrics.feedback_lines("buffered")
 
     def flush(self, timeout: float) -> bool:
         """Deliver buffered lines, retrying up to `timeout` seconds; False if some are left."""
@@ -127,6 +132,7 @@ class FeedbackSink:
         if len(self._buffer) >= self.max_buffer:
             lost = self._buffer.popleft()
             self._dropped += 1
+            self.metrics.feedback_lines("dropped")
             if self._dropped == 1:
                 log.warning("feedback: buffer full (%d lines), dropping the oldest: %s",
                             self.max_buffer, lost.text.rstrip())
@@ -134,9 +140,13 @@ class FeedbackSink:
 
     def _send(self, line: _Line) -> None:
         now = time.time()
-        self._submit(keys=self.keys.for_member(line.member),
-                     args=[line.member, line.head, "1" if line.final else "0", int(now * 1000),
-                           self.interval_ms, stamp(now, self.timestamps), PENDING_TTL])
+        pushed = self._submit(keys=self.keys.for_member(line.member),
+                              args=[line.member, line.head, "1" if line.final else "0", int(now * 1000),
+                                    self.interval_ms, stamp(now, self.timestamps), PENDING_TTL])
+        # 1: pushed; 0: waits for its migration's interval (the relay sends it); 2: and a waiting
+        # progress line it superseded is dropped
+        self.metrics.feedback_lines("sent" if pushed == 1 else "buffered")
+        self.metrics.feedback_lines("dropped", int(pushed == 2))
 
     def _drain(self) -> None:
         while self._buffer:
@@ -164,8 +174,9 @@ class FeedbackRelay:
     """
 
     def __init__(self, client: redis.Redis, namespace: str, interval: float = DEFAULT_INTERVAL, *,
-                 timestamps: sidekiq.Timestamps = "seconds", poll: float = 0.1):
+                 timestamps: sidekiq.Timestamps = "seconds", poll: float = 0.1, metrics: Recorder | None = None):
         self.client, self.keys = client, FeedbackKeys(namespace)
+        self.metrics = metrics or NullRecorder()
         self.interval_ms, self.timestamps, self.poll = int(interval * 1000), timestamps, poll
         self._deliver = scripts.load(client, "feedback_deliver")
         self._stop = threading.Event()
@@ -179,6 +190,7 @@ class FeedbackRelay:
             name = raw.decode() if isinstance(raw, bytes) else raw
             pushed += self._deliver(keys=self.keys.for_member(name),
                                     args=[name, int(now * 1000), self.interval_ms, stamp(now, self.timestamps)])
+        self.metrics.feedback_lines("sent", pushed)
         return pushed
 
     def waiting(self) -> int:

@@ -41,6 +41,7 @@ from rq import Queue
 from migratio.conf.config import Config
 from migratio.conf.sites import Site, load_site, site_path
 from migratio.errors import ConfigError, MigratioError
+from migratio.pipeline.recorder import IngestOutcome, NullRecorder, Recorder
 from migratio.pipeline.status import REJECTED, JobInfo, StatusSink
 from migratio.queue import scripts
 from migratio.queue.enqueue import enqueue_validated
@@ -50,6 +51,7 @@ from migratio.queue.sidekiq import BadPayload, MigrationRequest, parse_migration
 log = logging.getLogger("migratio.ingest")
 
 JOB_PREFIX = "sidekiq-"
+COUNTED: dict[str, IngestOutcome] = {"enqueued": "enqueued", "duplicate": "duplicate", "dead": "dead_lettered"}
 
 
 def dead_letters(client: redis.Redis, namespace: str, count: int = 100) -> list[dict[str, Any]]:
@@ -68,8 +70,9 @@ class Ingest:
                  feedback: StatusSink | None = None, *, consumer: str | None = None,
                  block: float = 2.0, heartbeat_ttl: int = 30, recover_every: float = 15.0,
                  claim_ttl: int = 60, dead_max: int = 10000,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, metrics: Recorder | None = None):
         self.redis, self.config, self.queue, self.feedback = client, config, queue, feedback
+        self.metrics = metrics or NullRecorder()
         self.keys = IngestKeys(config.namespace, config.name)
         self.consumer = consumer or consumer_name()
         self.processing = self.keys.processing(self.consumer)
@@ -168,8 +171,12 @@ class Ingest:
             request = parse_migration(raw)
             site = self._site(request)
         except BadPayload as exc:
-            return self._reject(raw, exc)
-        return self._enqueue(raw, request, site)
+            outcome = self._reject(raw, exc)
+        else:
+            outcome = self._enqueue(raw, request, site)
+        if outcome in COUNTED:
+            self.metrics.ingested(COUNTED[outcome])
+        return outcome
 
     def _enqueue(self, raw: bytes, request: MigrationRequest, site: Site | None) -> str:
         job_id = JOB_PREFIX + request.jid

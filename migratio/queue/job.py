@@ -22,7 +22,7 @@ def migrate(image_uuid: str, destination_site: str) -> dict[str, object]:
     if not _bound:
         raise RuntimeError("migratio.queue.job.migrate runs only inside `migratio worker`")
     app, job = _bound[0], get_current_job()
-    with job_log(app.config.log_dir, job.id, app.redact):  # log/jobs/<job_id>.log
+    with job_log(app.config.log_dir, job.id, app.redact, app.config.log_format, image_uuid, destination_site):
         try:
             return run_migration(app, job.id, image_uuid, destination_site, RqMeta(job),
                                  retries_left=job.retries_left or 0, feedback=wants_feedback(job.meta))

@@ -2,6 +2,7 @@
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -9,10 +10,11 @@ from redis import Redis
 
 from migratio import ids
 from migratio.conf.config import Config
-from migratio.conf.sites import Site, load_site
-from migratio.errors import MigratioError
+from migratio.conf.sites import Site, load_site, site_path
+from migratio.errors import InvalidInput, MigratioError
 from migratio.local.workdirs import job_dir
 from migratio.pipeline.context import Context
+from migratio.pipeline.recorder import UNKNOWN, NullRecorder, Outcome, Recorder
 from migratio.pipeline.retry import Decision, decide
 from migratio.pipeline.runner import Step, run_pipeline
 from migratio.pipeline.services import Services
@@ -34,6 +36,7 @@ class App:
     status: StatusSink
     steps_for: Callable[[Site], list[Step]] = field(default=build_steps)  # tests pass their own
     redact: Callable[[str], str] = field(default_factory=Redactor)  # for the per-job log file
+    metrics: Recorder = field(default_factory=NullRecorder)  # the worker's metrics (migratio.queue.metrics)
 
 
 def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta,
@@ -43,6 +46,7 @@ def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta
     With `feedback`, its status lines go to Atmosphere too (see migratio.feedback).
     """
     info = JobInfo(job_id, str(image), app.config.name, str(dest), feedback)
+    start, site = time.monotonic(), None
     try:
         image_id, site = ids.image_id(image), load_site(app.config.sites_dir, str(dest))
         steps = app.steps_for(site)
@@ -55,19 +59,44 @@ def run_migration(app: App, job_id: str, image: object, dest: object, meta: Meta
         else:
             log.exception("job=%s internal error", job_id)
             reason = f"internal error ({type(exc).__name__}); see the worker log"
-        _report_failure(app, info, meta, reason, decide(exc, retries_left))
+        decision = decide(exc, retries_left)
+        _report_failure(app, info, meta, reason, decision)
+        outcome: Outcome = ("rejected" if site is None else "waiting" if decision.state == "waiting"
+                            else "retried" if decision.retried else "failed")
+        app.metrics.migration_ended(*_dest_labels(app, site, dest), outcome, None)
         raise
     result = dict(ctx.result)
     meta.update(state="finished", result=result, step=None)
     app.status.emit(info, _final_line(ctx))
+    app.metrics.migration_ended(site.id, site.type, "already_present" if ctx.already_present else "finished",
+                                time.monotonic() - start)
     return result
+
+
+def count_crashed(app: App, dest: object, retried: bool) -> None:
+    """A work-horse died running a migration to `dest`, before it could count how it ended."""
+    app.metrics.migration_ended(*_dest_labels(app, None, dest), "retried" if retried else "failed", None)
+
+
+def _dest_labels(app: App, site: Site | None, dest: object) -> tuple[str, str]:
+    """A job's destination as metric labels: a site id and type from its conf; the id alone when
+    its conf does not load; else "unknown" (a label never carries unchecked job input)."""
+    try:
+        site = site or load_site(app.config.sites_dir, str(dest))
+    except MigratioError:
+        try:
+            known = site_path(app.config.sites_dir, str(dest)).is_file()
+        except InvalidInput:
+            known = False
+        return (str(dest) if known else UNKNOWN), UNKNOWN
+    return site.id, site.type
 
 
 def _run(app: App, info: JobInfo, site: Site, steps: list[Step], meta: Meta, retries_left: int) -> Context:
     workdir = job_dir(app.config.work_dir, info.job_id)
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(job=info, config=app.config, site=site, services=app.services, workdir=workdir,
-                  meta=meta, status=app.status, retries_left=retries_left)
+                  meta=meta, status=app.status, retries_left=retries_left, metrics=app.metrics)
     try:
         run_pipeline(ctx, steps)
         return ctx

@@ -4,7 +4,7 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Mapping
 
 import redis
@@ -13,6 +13,7 @@ from rq.registry import StartedJobRegistry
 
 from migratio.conf.config import Config
 from migratio.local.workdirs import remove_stale
+from migratio.pipeline.recorder import NullRecorder, Recorder
 from migratio.pipeline.services import Services, default_services, preload
 from migratio.pipeline.status import FanOut, LogSink, StatusSink
 from migratio.queue.connections import feedback_client, ingest_client
@@ -20,7 +21,8 @@ from migratio.queue.enqueue import migration_queue
 from migratio.queue.feedback import FeedbackRelay, FeedbackSink
 from migratio.queue.ingest import Ingest
 from migratio.queue.job import bind_app
-from migratio.queue.migration import App
+from migratio.queue.metrics import Metrics, WorkerGauges, open_metrics
+from migratio.queue.migration import App, count_crashed
 from migratio.queue.recovery import free_dead_scheduler_lock, recover_abandoned
 from migratio.redact import Redactor
 
@@ -34,17 +36,20 @@ REDIS_OUTAGE_WAIT = 600.0  # seconds a work-horse waits for Redis to come back t
 def build_app(config: Config, client: redis.Redis, services: Services | None = None,
               sinks: tuple[StatusSink, ...] = (), environ: Mapping[str, str] | None = None,
               redact: Redactor | None = None, feedback: bool = True) -> App:
-    """With `feedback`, status lines also go to Atmosphere (`<namespace>:queue:feedback`)."""
+    """With `feedback`, status lines also go to Atmosphere (`<namespace>:queue:feedback`).
+    With `metrics_port`, the App counts into the worker's Prometheus metrics (served by run_worker)."""
+    environ = os.environ if environ is None else environ
     services = services or default_services(config, environ)
     redact = redact or Redactor()
+    metrics: Recorder = open_metrics(config, environ) or NullRecorder()
     if feedback:
-        sinks = (feedback_sink(config, redact), *sinks)
-    return App(config, client, services, FanOut(LogSink(), *sinks), redact=redact)
+        sinks = (feedback_sink(config, redact, metrics), *sinks)
+    return App(config, client, services, FanOut(LogSink(), *sinks), redact=redact, metrics=metrics)
 
 
-def feedback_sink(config: Config, redact: Redactor) -> FeedbackSink:
+def feedback_sink(config: Config, redact: Redactor, metrics: Recorder | None = None) -> FeedbackSink:
     return FeedbackSink(feedback_client(config.redis_url), config.namespace, redact,
-                        interval=config.feedback_interval)
+                        interval=config.feedback_interval, metrics=metrics)
 
 
 class MigratioWorker(Worker):
@@ -58,6 +63,14 @@ class MigratioWorker(Worker):
     after_job: Callable[[], None] | None = None
     redis_outage_wait: float = REDIS_OUTAGE_WAIT
     revive_scheduler: bool = False  # not in burst mode, where the scheduler runs inline once
+    metrics: Metrics | None = None
+    horse_killed: Callable[[object, bool], None] | None = None  # (job's destination, retried)
+    running_job: tuple[str, float] | None = None  # (job id, start as Unix time) while a horse runs it
+
+    def main_work_horse(self, job, queue) -> None:
+        if self.metrics:
+            self.metrics.enter_horse()
+        super().main_work_horse(job, queue)
 
     def perform_job(self, job, queue, execution) -> bool:
         try:
@@ -67,8 +80,20 @@ class MigratioWorker(Worker):
                 self.after_job()
 
     def execute_job(self, job, queue) -> None:
-        super().execute_job(job, queue)
+        self.running_job = (job.id, time.time())
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self.running_job = None
+            if self.metrics:
+                self.metrics.horse_ended()
         self._revive_scheduler()
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
+        """The horse died before it could count its job's end: counted here, as RQ will go on."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        if self.horse_killed:
+            self.horse_killed(job.args[1] if len(job.args) > 1 else None, bool(job.retries_left))
 
     def maintain_heartbeats(self, job, execution) -> None:
         try:
@@ -102,30 +127,49 @@ def run_worker(app: App, burst: bool = False, worker_class: type[Worker] = Migra
     """Consume jobs until stopped (SIGTERM: warm shutdown) or, with burst, until the queue is empty.
 
     With `ingest`, Atmosphere's Sidekiq jobs are moved into the queue too: by a thread of this
-    (parent) process, or once before starting with burst.
+    (parent) process, or once before starting with burst. With `metrics_port`, the metrics are
+    served from a thread of this process from the start.
     """
     bind_app(app)
     preload()
     queue = migration_queue(app.config, app.redis)
-    recover(app, queue)
     worker = worker_class([queue], connection=app.redis)
-    if isinstance(worker, MigratioWorker):
-        worker.after_job = lambda: flush_status(app.status, FEEDBACK_FLUSH)
-        worker.revive_scheduler = not burst
-    log.info("worker %s (pid %s) consuming %s", worker.name, os.getpid(), queue.name)
-    with relaying(app.config):
-        if not ingest:
-            return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
-        with ingesting(app, burst):
-            return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
+    with ExitStack() as stack:
+        if isinstance(app.metrics, Metrics):
+            stack.enter_context(exporting(app, app.metrics, worker, queue.key))
+        recover(app, queue)
+        if isinstance(worker, MigratioWorker):
+            worker.after_job = lambda: flush_status(app.status, FEEDBACK_FLUSH)
+            worker.revive_scheduler = not burst
+        log.info("worker %s (pid %s) consuming %s", worker.name, os.getpid(), queue.name)
+        stack.enter_context(relaying(app.config, app.metrics))
+        if ingest:
+            stack.enter_context(ingesting(app, burst))
+        return worker.work(burst=burst, with_scheduler=True, logging_level=app.config.log_level)
 
 
 @contextmanager
-def relaying(config: Config) -> Iterator[FeedbackRelay]:
+def exporting(app: App, metrics: Metrics, worker: Worker, queue_key: str) -> Iterator[Metrics]:
+    """The metrics endpoint for the duration; the worker tells it about its work-horses."""
+    client = feedback_client(app.config.redis_url)  # fails fast: a scrape must not hang on Redis
+    running = (lambda: worker.running_job) if isinstance(worker, MigratioWorker) else (lambda: None)
+    metrics.serve(WorkerGauges(app.config, client, queue_key, running), app.config.sites_dir)
+    if isinstance(worker, MigratioWorker):
+        worker.metrics, worker.horse_killed = metrics, lambda dest, retried: count_crashed(app, dest, retried)
+    log.info("metrics on http://%s:%s/metrics (values in %s)", metrics.listen, metrics.port, metrics.directory)
+    try:
+        yield metrics
+    finally:
+        metrics.stop()
+        client.close()
+
+
+@contextmanager
+def relaying(config: Config, metrics: Recorder | None = None) -> Iterator[FeedbackRelay]:
     """The feedback relay as a thread of this (main) process: work-horses never wait for the
     feedback interval; lines that wait are sent from here (see migratio.feedback)."""
     client = feedback_client(config.redis_url)
-    relay = FeedbackRelay(client, config.namespace, config.feedback_interval)
+    relay = FeedbackRelay(client, config.namespace, config.feedback_interval, metrics=metrics)
     relay.start()
     try:
         yield relay
@@ -139,8 +183,9 @@ def ingesting(app: App, burst: bool) -> Iterator[Ingest]:
     """Ingest running for the duration (its own Redis connections: it runs beside RQ's forks)."""
     config = app.config
     client = ingest_client(config.redis_url, INGEST_BLOCK)
-    feedback = feedback_sink(config, app.redact)
-    ingest = Ingest(client, config, migration_queue(config, client), feedback, block=INGEST_BLOCK)
+    feedback = feedback_sink(config, app.redact, app.metrics)
+    ingest = Ingest(client, config, migration_queue(config, client), feedback, block=INGEST_BLOCK,
+                    metrics=app.metrics)
     stop, thread = threading.Event(), None
     try:
         if burst:

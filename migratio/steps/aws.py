@@ -133,7 +133,7 @@ def _ebs_direct(ctx: Context, aws: AwsClients, image: SourceImage, gib: int, arc
                                          ctx.log)
     ctx.on_failure(f"delete EBS snapshot {snapshot}", lambda: amis.delete_snapshot(aws, snapshot))
     ctx.say(f"import: writing {image.id} into EBS snapshot {snapshot}")
-    writer = ebs_direct.BlockWriter(aws.ebs, snapshot, site.blocks_in_flight, progress=ctx.progress, clock=ctx.clock)
+    writer = ebs_direct.BlockWriter(aws.ebs, snapshot, site.blocks_in_flight, progress=ctx.sending, clock=ctx.clock)
     stats = writer.write(ctx.require_payload())
     ctx.log.info("snapshot %s: sent %d blocks of %d allocated (%d zero skipped, %d in the volume) in %.1fs",
                  snapshot, stats.blocks_sent, stats.blocks_allocated, stats.blocks_zero, stats.blocks_total,
@@ -170,7 +170,7 @@ def _vm_import(ctx: Context, aws: AwsClients, image: SourceImage, arch: str,
     key = f"migratio/{ctx.job.job_id}/{image.id}.{disk_format}"
     ctx.on_exit(f"delete s3://{bucket}/{key}", lambda: vm_import.delete_object(aws, key))
     ctx.say(f"import: uploading {image.id} to s3://{bucket}/{key}")
-    vm_import.upload(aws, payload, key, concurrency=site.blocks_in_flight, progress=ctx.progress, clock=ctx.clock)
+    vm_import.upload(aws, payload, key, concurrency=site.blocks_in_flight, progress=ctx.sending, clock=ctx.clock)
     tags = amis.source_tags(image.id, ctx.job.source_site, image.name)
     description = f"{image.name} ({image.id}) from {ctx.job.source_site}, migratio job {ctx.job.job_id}"
     request = vm_import.import_request(aws, token=client_token(ctx.job.job_id, "import-image"), key=key,

@@ -102,10 +102,10 @@ class Transfer(Step):
         argv = rsync.rsync_argv(payload, remote_path, options, ctx.site.limits.bandwidth_limit)
         start = ctx.clock()
         result = ctx.commands.run(argv, what="rsync", check=False,
-                                  on_output=rsync.progress_callback(size, ctx.progress))
+                                  on_output=rsync.progress_callback(size, ctx.sending))
         if result.returncode != 0:
             raise rsync.failure(result.returncode, result.stderr_tail, options)
-        ctx.progress(size, size)
+        ctx.sending(size, size)
         return f"Image transferred ({whole_mib(size)} in {ctx.clock() - start:.0f} s)"
 
 
@@ -124,7 +124,7 @@ class Register(Step):
         ctx.on_failure(REGISTER_CLEANUP, lambda: _delete_created(ctx, created))
         image = record_fields(ctx)
         with destination(ctx) as dest:
-            image_id = dest.register(image, payload, created, ctx.progress)
+            image_id = dest.register(image, payload, created, ctx.sending)
         ctx.dest_image_id, ctx.already_present = image_id, False
         return f"Image registered as {image_id}"
 
@@ -212,7 +212,7 @@ def _stream(ctx: Context, commands: StreamCommands, payload: Path, remote_path: 
 
     def progress(done: int) -> None:
         elapsed = ctx.clock() - start
-        ctx.progress(done, size, done / elapsed if elapsed > 0 else None)
+        ctx.sending(done, size, done / elapsed if elapsed > 0 else None)
 
     result = ctx.commands.run(ssh_argv(options, line), what="ssh stream", check=False,
                               feed=stream.feeder(payload, limit * 1024 if limit else None, progress))
