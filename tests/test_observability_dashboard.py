@@ -26,8 +26,9 @@ from rq.job import Job
 from migratio.queue.enqueue import enqueue_migration, migration_queue
 from migratio.queue.sidekiq import job_payload, push
 from support.lab.services import free_port
-from tests.gatestep import MIB, WorkerProcess, entered_key, open_key, wait_for
-from tests.helpers import config_factory, write_site
+from tests.builders import config_factory, write_site
+from tests.gatestep import MIB, WorkerProcess, entered_key, open_key
+from tests.waiting import wait_for
 
 FINISHED_IMAGE = "11111111-2222-4333-8444-555555555555"
 FAILED_IMAGE = "22222222-3333-4444-8555-666666666666"

@@ -10,8 +10,8 @@ from rq.job import Job
 from migratio.logs import job_log, setup_logging
 from migratio.queue.enqueue import enqueue_migration, migration_queue
 from migratio.redact import Redactor
+from tests.builders import config_factory, write_site
 from tests.gatestep import WorkerProcess, open_key
-from tests.helpers import config_factory, write_site
 
 IMAGE_A = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 IMAGE_F = "ffffffff-ffff-4fff-8fff-ffffffffffff"

@@ -20,8 +20,8 @@ from migratio.queue.enqueue import enqueue_migration, migration_queue
 from migratio.queue.metrics import open_metrics
 from support.lab.config import write_migratio_config
 from support.lab.services import free_port
+from tests.builders import config_factory
 from tests.faults_helpers import Worker, wait_for
-from tests.helpers import config_factory
 
 SITE_B = {"dest": "site-b", "type": "openstack"}
 COUNTED = ("_total", "_count", "_sum", "_bucket")  # what may never go down

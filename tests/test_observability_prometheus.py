@@ -15,9 +15,10 @@ import yaml
 
 from migratio.conf.config import load_config
 from migratio.queue.enqueue import enqueue_migration, migration_queue
-from support.lab.services import free_port
-from tests.gatestep import REPO, WorkerProcess, entered_key, open_key, wait_for
-from tests.helpers import config_factory, write_site
+from support.lab.services import REPO, free_port
+from tests.builders import config_factory, write_site
+from tests.gatestep import WorkerProcess, entered_key, open_key
+from tests.waiting import wait_for
 
 SUPPORT = REPO / "support" / "prometheus"
 RULES, SCRAPE, RULE_TESTS = SUPPORT / "migratio.rules.yml", SUPPORT / "prometheus.yml", SUPPORT / "migratio.rules.test.yml"

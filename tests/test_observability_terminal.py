@@ -11,8 +11,10 @@ import pytest
 from rq.job import Job
 
 from migratio.queue.enqueue import enqueue_migration, migration_queue
-from tests.gatestep import REPO, WorkerProcess, entered_key, open_key, wait_for
-from tests.helpers import config_factory, write_site
+from support.lab.services import REPO
+from tests.builders import config_factory, write_site
+from tests.gatestep import WorkerProcess, entered_key, open_key
+from tests.waiting import wait_for
 
 IMAGE_A = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 IMAGE_F = "ffffffff-ffff-4fff-8fff-ffffffffffff"
