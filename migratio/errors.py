@@ -81,3 +81,8 @@ class CommandFailed(StepError):
         super().__init__(message)
         self.retryable = retryable
         self.stderr_tail = stderr_tail
+
+
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """An exception migratio did not raise on purpose (a bug, a library's), in one line: `<type>: <message>`."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:limit]

@@ -7,11 +7,24 @@ from typing import Iterable, Mapping
 MASK = "***"
 SECRET_ENV = ("OS_PASSWORD", "OS_AUTH_TOKEN", "OS_TOKEN", "OS_APPLICATION_CREDENTIAL_SECRET",
               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "REDIS_PASSWORD")
-PATTERNS = (
-    re.compile(r"(?i)(password|passwd|secret|token|api[_-]?key)(\s*[=:]\s*|\"\s*:\s*\")([^\s\"',&]+)"),
-    re.compile(r"(?i)(x-auth-token|x-subject-token|authorization)(\s*:\s*)(\S+)"),
-    re.compile(r"(://[^:/@\s]*:)([^@\s]+)(@)"),  # user:password@ in URLs
+SECRET_WORD = r"(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)"
+QUOTED = r"\"(?:[^\"\\]|\\.)*\"|'[^']*'"  # a value in double or single quotes, spaces and commas included
+PATTERNS = (  # the group `value` is masked
+    # key = value, key: value, "key": "value", AWS_SECRET_ACCESS_KEY='v' (a key naming a secret)
+    re.compile(rf"(?i)(?:(?P<q>[\"'])[\w.-]*{SECRET_WORD}[\w.-]*(?P=q)|[\w.-]*{SECRET_WORD}[\w.-]*)"
+               rf"\s*[=:]\s*(?P<value>{QUOTED}|[^\s\"',&;]+)"),
+    re.compile(r"(?i)(?:x-auth-token|x-subject-token|authorization)\s*:\s*(?P<value>(?:bearer\s+|basic\s+)?\S+)"),
+    re.compile(rf"(?i)--[\w-]*(?:password|passwd|secret|token)[\w-]*\s+(?P<value>{QUOTED}|\S+)"),  # --os-password x
+    re.compile(r"://[^:/@\s]*:(?P<value>[^@\s]+)@"),  # user:password@ in URLs
 )
+
+
+def _masked(match: re.Match) -> str:
+    """The match up to its value, then MASK (in the value's quotes: the line stays readable), then the rest."""
+    value = match.group("value")
+    quote = value[0] if len(value) > 1 and value[0] in "'\"" and value[-1] == value[0] else ""
+    whole, start, end = match.group(0), match.start("value") - match.start(), match.end("value") - match.start()
+    return f"{whole[:start]}{quote}{MASK}{quote}{whole[end:]}"
 
 
 class Redactor:
@@ -25,9 +38,9 @@ class Redactor:
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, MASK)
-        text = PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-        text = PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-        return PATTERNS[2].sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
+        for pattern in PATTERNS:
+            text = pattern.sub(_masked, text)
+        return text
 
 
 class RedactingFilter(logging.Filter):

@@ -15,7 +15,7 @@ from migratio.pipeline.context import Context
 from migratio.pipeline.services import Services
 from migratio.pipeline.status import DictMeta, JobInfo
 from migratio.steps import common
-from tests.doubles import Lines, MemoryGlance
+from tests.doubles import PROJECT, Lines, MemoryGlance
 
 # -- config and site confs
 
@@ -105,7 +105,7 @@ def origin_of(image: dict) -> tuple:
 def ours(ctx: Context, status: str, **kw) -> dict:
     """A copy as this migratio makes it (source_t + source_uuid + source_cs); kw may drop a key with None."""
     image = {"id": str(uuid.uuid4()), "status": status, "source_t": "site-a", "source_uuid": ctx.job.image_id,
-             "source_cs": "site-a", **kw}
+             "source_cs": "site-a", "owner": PROJECT, **kw}
     return {k: v for k, v in image.items() if v is not None}
 
 

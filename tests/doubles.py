@@ -38,6 +38,9 @@ class FileLines:
         return self.path.read_text().splitlines() if self.path.exists() else []
 
 
+PROJECT = "project-b"  # the project the destination registers into (the owner of our copies)
+
+
 class MemoryGlance:
     """The destination's images in a dict; same surface as migratio.openstack.glance.GlanceClient."""
 
@@ -51,6 +54,9 @@ class MemoryGlance:
         self.filters.append(dict(filters))
         return [dict(i) for i in self.images.values() if all(i.get(k) == v for k, v in filters.items())]
 
+    def project(self):
+        return PROJECT
+
     def show(self, image_id):
         if image_id not in self.images:
             raise ImageNotFound(f"image {image_id} not found")
@@ -63,7 +69,7 @@ class MemoryGlance:
     def create(self, name, disk_format, container_format, properties, min_disk=0, min_ram=0):
         image_id = str(uuid.uuid4())
         self.images[image_id] = {"id": image_id, "name": name, "status": "queued", "disk_format": disk_format,
-                                 **properties}
+                                 "owner": PROJECT, **properties}
         return image_id
 
     def upload(self, image_id, path, progress=None):

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from migratio.queue.locks import LockBusy, MigrationLock, holder_is_dead, process_start
+from migratio.queue.liveness import Heartbeat, process_start
+from migratio.queue.locks import LockBusy, MigrationLock, holder_is_dead
 from support.lab.services import REPO
 from tests.faults_helpers import wait_for
 from tests.fixtures.faults import only_active_copy
@@ -95,12 +96,23 @@ def test_lock_of_a_killed_holder(rclient, fault_redis):
         pass
 
 
-def test_holder_liveness_is_judged_by_pid_and_start_time():
-    me = socket.gethostname()
-    assert not holder_is_dead(f"t {me} {os.getpid()} {process_start(os.getpid())}", me)
-    assert holder_is_dead(f"t {me} {os.getpid()} {process_start(os.getpid()) + 1}", me)  # pid reused
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    assert holder_is_dead(f"t {me} {dead.pid} 1", me)
-    assert not holder_is_dead(f"t elsewhere {dead.pid} 1", me)
-    assert not holder_is_dead("other-job", me) and not holder_is_dead(f"t {me} x y", me)
+def test_holder_liveness_is_judged_by_pid_and_start_time(rclient):
+    """Pid + start time decide for a holder of this worker, or of a worker whose heartbeat names this
+    pid namespace; a worker's heartbeat elsewhere (whatever its hostname) keeps its locks; a lock
+    whose worker's heartbeat is gone is free."""
+    me, own, start = socket.gethostname(), "own-worker", process_start(os.getpid())
+
+    def dead(value):
+        return holder_is_dead(value, rclient, "ns", own)
+    assert not dead(f"t {me} {os.getpid()} {start} {own}")
+    assert dead(f"t {me} {os.getpid()} {start + 1} {own}")  # pid reused
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert dead(f"t {me} {gone.pid} 1 {own}")
+    Heartbeat(rclient, "ns", token="neighbour").beat()  # another worker in this pid namespace
+    assert dead(f"t {me} {gone.pid} 1 neighbour") and not dead(f"t {me} {os.getpid()} {start} neighbour")
+    rclient.set("ns:migratio:alive:elsewhere", f"{me} 1 1 boot-of-another-kernel pid:[4026531836]", ex=60)
+    assert not dead(f"t {me} {gone.pid} 1 elsewhere")  # same hostname, another machine or container
+    assert dead(f"t {me} {os.getpid()} {start} stopped")  # its worker's heartbeat is gone
+    assert not dead("other-job") and not dead(f"t {me} x y {own}")
+    assert not dead(f"t {me} {gone.pid} 1")  # an older migratio's lock: only its expiry frees it

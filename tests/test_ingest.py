@@ -9,7 +9,8 @@ from rq.job import Job
 
 from migratio.queue.connections import ingest_client
 from migratio.queue.enqueue import migration_queue
-from migratio.queue.ingest import Ingest, dead_letters
+from migratio.queue.ingest import Ingest
+from migratio.queue.views import dead_letters
 from support.lab.services import RedisServer
 from tests.builders import config_factory, write_site
 from tests.doubles import Lines

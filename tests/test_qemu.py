@@ -78,10 +78,9 @@ def test_raw_bytes_declared_qcow2_are_not_probed(commands, tmp_path):
         qemu.info(commands, raw, "qcow2")
 
 
-def test_qcow2_declared_raw_is_read_as_raw(commands, qcow2):
-    data = qemu.info(commands, qcow2, "raw")
-    assert data["format"] == "raw"
-    assert data["virtual-size"] == qcow2.stat().st_size
+def test_qcow2_declared_raw_is_refused(commands, qcow2):
+    with pytest.raises(UnsafeImage, match="its content is qcow2 but its Glance disk_format is raw"):
+        qemu.info(commands, qcow2, "raw")
 
 
 def test_unknown_disk_format_is_refused(commands, qcow2):

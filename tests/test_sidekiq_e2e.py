@@ -16,7 +16,7 @@ from migratio.pipeline.status import JobInfo
 from migratio.queue.connections import connect, feedback_client
 from migratio.queue.enqueue import migration_queue
 from migratio.queue.feedback import FeedbackSink
-from migratio.queue.ingest import dead_letters
+from migratio.queue.views import dead_letters
 from migratio.queue.worker import build_app, run_worker
 from migratio.redact import Redactor
 from support.lab.services import REPO

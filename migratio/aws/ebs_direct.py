@@ -6,7 +6,6 @@ never written reads as zeros). At most `in_flight` blocks are in memory at any t
 """
 
 import base64
-import errno
 import hashlib
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 from migratio.aws.clients import AwsClients, error_code, wait_for
 from migratio.errors import ConfigError, PermanentError, StepError, TransientError
+from migratio.local.sparse import block_ranges, data_extents  # noqa: F401 (data_extents: for callers)
 from migratio.units import GiB
 
 BLOCK_SIZE = 512 * 1024  # the EBS direct APIs' only block size
@@ -57,30 +57,9 @@ def check_size(size: int, what: str) -> int:
     return gib
 
 
-def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """(start, end) byte ranges holding data, from SEEK_DATA/SEEK_HOLE (the whole file if unsupported)."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data after offset
-                return
-            yield offset, size  # the filesystem cannot tell: treat the rest as data
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        offset = end
-
-
 def allocated_ranges(fd: int, size: int) -> Iterator[range]:
     """Ranges of indexes of the 512 KiB blocks touching a data extent, ascending, each block once."""
-    following = 0
-    for start, end in data_extents(fd, size):
-        blocks = range(max(start // BLOCK_SIZE, following), (end - 1) // BLOCK_SIZE + 1)
-        if blocks:
-            yield blocks
-            following = blocks.stop
+    return block_ranges(fd, size, BLOCK_SIZE)
 
 
 def allocated_blocks(fd: int, size: int) -> Iterator[int]:

@@ -6,12 +6,14 @@ import uuid
 from typing import Callable
 
 from migratio.check.probe import Fail, Runner
+from migratio.check.staging import Leftovers, check_leftovers
 from migratio.conf.config import Config
 from migratio.conf.sites import OpenStackOptions
 from migratio.errors import AuthError, HostKeyError, ImageNotFound, TransientError
 from migratio.openstack.glance import GlanceClient
 from migratio.openstack.headnode import HeadNodeGlance
 from migratio.openstack.ssh import RemoteShell, check_host_key, last_line
+from migratio.openstack.staging_space import parse_df
 from migratio.pipeline.services import Services
 from migratio.units import format_size
 
@@ -22,8 +24,11 @@ def run_source(runner: Runner, config: Config, services: Services) -> None:
     runner.probe("source glance", lambda: check_glance(services.source_glance(), "source"), glance_fix(config))
 
 
-def run_openstack(runner: Runner, site_id: str, opts: OpenStackOptions, services: Services, min_free: int) -> None:
-    """Host key, then SSH login, then what needs the login; a failed step skips the ones after it."""
+def run_openstack(runner: Runner, site_id: str, opts: OpenStackOptions, services: Services, min_free: int,
+                  leftovers: Leftovers | None = None) -> None:
+    """Host key, then SSH login, then what needs the login; a failed step skips the ones after it.
+
+    With `leftovers`, the staging dir must also hold no stale staged file of this site."""
     sid = site_id
     glance_probes = ("remote glance", "glance queries") if opts.register.via == "ssh" else ("glance api",)
     dependent = (*glance_probes, "staging dir")
@@ -44,7 +49,12 @@ def run_openstack(runner: Runner, site_id: str, opts: OpenStackOptions, services
         else:
             runner.probe(f"{sid}: glance api", lambda: check_glance(services.glance(opts.register.cloud), sid),
                          f"check cloud '{opts.register.cloud}' in clouds.yaml")
-        runner.probe(f"{sid}: staging dir", lambda: check_staging(shell, opts.staging_dir, min_free),
+
+        def staging() -> str:
+            detail = check_staging(shell, opts.staging_dir, min_free)
+            return detail + (check_leftovers(shell, opts.staging_dir, opts.host, leftovers) if leftovers else "")
+
+        runner.probe(f"{sid}: staging dir", staging,
                      f"create {opts.staging_dir} writable by {opts.user} on {opts.host} with space, "
                      f"or set 'staging_dir' to a bigger filesystem")
 
@@ -109,7 +119,7 @@ def ssh_fix(exc: Exception, opts: OpenStackOptions) -> str:
 
 
 def check_remote_glance(shell: RemoteShell, opts: OpenStackOptions) -> str:
-    argv = [opts.glance_command, "image-list", "--limit", "1"]
+    argv = [*opts.glance_argv, "image-list", "--limit", "1"]  # the words the worker runs
     code, _, err = shell.run(argv, env_file=opts.remote_env_file, timeout=120)
     if code != 0:
         last = last_line(err) or f"exit {code}"
@@ -151,12 +161,3 @@ def check_staging(shell: RemoteShell, staging_dir: str, min_free: int) -> str:
     if free < min_free:
         raise Fail(f"{staging_dir} has {format_size(free)} free, less than {format_size(min_free)}")
     return f"{staging_dir} is writable ({format_size(free)} free)"
-
-
-def parse_df(text: str) -> int | None:
-    """Available bytes from `df -Pk` output (second line, fourth column, KiB)."""
-    lines = text.strip().splitlines()
-    if len(lines) < 2:
-        return None
-    cols = lines[-1].split()
-    return int(cols[3]) * 1024 if len(cols) >= 4 and cols[3].isdigit() else None

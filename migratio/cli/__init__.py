@@ -188,7 +188,9 @@ def retry(state: State, job_id: str) -> None:
 @main.command(name="sites")
 @click.pass_obj
 def sites_command(state: State) -> None:
-    """List destination site confs and whether each loads."""
+    """List destination site confs and whether each loads (with its pipeline)."""
+    from migratio.steps import build_steps
+
     config = state.config()
     names = sites.list_sites(config.sites_dir)
     if not names:
@@ -197,6 +199,7 @@ def sites_command(state: State) -> None:
     for name in names:
         try:
             site = sites.load_site(config.sites_dir, name)
+            build_steps(site)
             click.echo(f"{name}: ok ({site.type})")
         except MigratioError as exc:
             bad += 1

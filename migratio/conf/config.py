@@ -10,9 +10,11 @@ from migratio import ids
 from migratio.conf.validation import build
 from migratio.errors import ConfigError, InvalidInput
 from migratio.logs import LogFormat
+from migratio.units import TiB, parse_size
 
 DEFAULT_PATH = Path("config.yml")
 ENV_VAR = "MIGRATIO_CONFIG"
+DEFAULT_MAX_VIRTUAL_SIZE = 2 * TiB
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Config:
     metrics_listen: str = "127.0.0.1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = "text"  # json: one object per line, for Loki/ELK (see migratio.logs)
+    max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE  # bytes; larger images are refused by inspect
 
     @property
     def queue_name(self) -> str:
@@ -50,7 +53,7 @@ def config_path(option: str | None, environ: Mapping[str, str]) -> Path:
 
 def load_config(path: Path) -> Config:
     """Read and validate config.yml; relative paths in it are relative to its directory."""
-    data = read_yaml(path)
+    data = _sizes(read_yaml(path), path)
     config = build(Config, data, str(path))
     _check(config, path)
     base = path.resolve().parent
@@ -72,6 +75,17 @@ def read_yaml(path: Path) -> object:
         raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
 
 
+def _sizes(data: object, path: Path) -> object:
+    """`max_virtual_size` may be written as a size ("2T", "500G") or in bytes."""
+    value = data.get("max_virtual_size") if isinstance(data, dict) else None
+    if not isinstance(value, str):
+        return data
+    try:
+        return {**data, "max_virtual_size": parse_size(value)}
+    except InvalidInput:
+        raise ConfigError(f"{path}: key 'max_virtual_size' must be a size like 2T or 500G, got {value!r}") from None
+
+
 def _check(config: Config, path: Path) -> None:
     try:
         ids.site_id(config.name)
@@ -88,6 +102,9 @@ def _check(config: Config, path: Path) -> None:
         raise ConfigError(f"{path}: key 'metrics_port' must be a TCP port (1-65535) or null, got {config.metrics_port}")
     if config.retries < 0 or any(i < 0 for i in config.retry_intervals):
         raise ConfigError(f"{path}: keys 'retries' and 'retry_intervals' must not be negative")
+    if config.max_virtual_size <= 0:
+        raise ConfigError(f"{path}: key 'max_virtual_size' must be a positive size like 2T, "
+                          f"got {config.max_virtual_size}")
 
 
 def _with_paths(config: Config, base: Path) -> Config:

@@ -1,5 +1,8 @@
 """Destination site confs: `<sites_dir>/<site_id>.conf`, YAML or the old tool's shell format."""
 
+import ipaddress
+import re
+import shlex
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -11,6 +14,9 @@ from migratio.conf.validation import build, convert
 from migratio.errors import ConfigError, InvalidInput
 
 SUFFIX = ".conf"
+# What `host` and `user` may be: never anything ssh could read as an option (a leading '-').
+HOST_LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}\$?")  # POSIX portable names (+ Samba's '$')
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,11 @@ class OpenStackOptions:
     compress: bool = False
     stream: bool = True  # ssh the image straight into `glance image-upload` (not with compress or via api)
     connect_timeout: int = 20
+
+    @property
+    def glance_argv(self) -> list[str]:
+        """`glance_command` as words, split as a shell would (`sudo -E glance`): the worker's and the check's."""
+        return shlex.split(self.glance_command)
 
 
 @dataclass(frozen=True)
@@ -137,8 +148,41 @@ def _site(site_id: str, path: Path, data: object) -> Site:
     options = build(OPTIONS[kind], rest, str(path))
     limits = build(Limits, {k: data[k] for k in ("max_concurrent", "bandwidth_limit") if k in data}, str(path))
     pipeline = convert(list[str] | None, data.get("pipeline"), f"{path}: key 'pipeline'")
+    if isinstance(options, OpenStackOptions):
+        _check_ssh_target(options, path)
+        _check_words(options, path)
     options = _resolve_paths(options, path.parent)
     return Site(site_id, kind, path, options, pipeline, limits)
+
+
+def _check_ssh_target(options: OpenStackOptions, path: Path) -> None:
+    """`host` a host name or IP literal, `user` a POSIX user name: neither can become an ssh option."""
+    if not _is_host(options.host):
+        raise ConfigError(f"{path}: key 'host' must be a host name or an IP address, got {options.host!r:.80}")
+    if not USER_RE.fullmatch(options.user):
+        raise ConfigError(f"{path}: key 'user' must be a POSIX user name (letters, digits, '_', '.', '-', "
+                          f"not first), got {options.user!r:.80}")
+
+
+def _check_words(options: OpenStackOptions, path: Path) -> None:
+    """The commands given as shell words split into words (`glance_command` into one at least)."""
+    for key in ("glance_command", "remote_python"):
+        try:
+            words = shlex.split(getattr(options, key) or "")
+        except ValueError as exc:
+            raise ConfigError(f"{path}: key '{key}' cannot be split into words: {exc}") from None
+        if key == "glance_command" and not words:
+            raise ConfigError(f"{path}: key '{key}' is empty")
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return len(host) <= 253 and all(HOST_LABEL_RE.fullmatch(label) for label in labels)
 
 
 def _resolve_paths(options, base: Path):
@@ -155,3 +199,6 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise ConfigError(f"{path}: not UTF-8 text (byte {byte:#04x} at offset {exc.start})") from None

@@ -3,6 +3,7 @@
 import collections
 import ctypes
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from migratio.errors import CommandFailed, TransientError
 
 TAIL_LINES = 20
 _PR_SET_PDEATHSIG = 1
+CHILD_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")  # what every child gets, with LC_*
+SSH_CLIENTS = frozenset({"ssh", "rsync"})  # also get SSH_AUTH_SOCK: the agent may hold the site's key
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Commands:
     Args:
         log: logger or LoggerAdapter carrying the job id and step.
         redact: applied to every argv and stderr text before it is logged or raised.
-        env: environment for the children (None: inherit).
+        env: environment for the children (None: `child_env`, never this process's secrets).
     """
 
     def __init__(self, log: logging.LoggerAdapter | logging.Logger, redact: Callable[[str], str] = identity,
@@ -60,10 +63,11 @@ class Commands:
         label = what or Path(args[0]).name
         shown = self.redact(shlex.join(args))
         self.log.info("run: %s", shown)
+        env = child_env(args[0]) if self.env is None else self.env
         start = time.monotonic()
         try:
             proc = subprocess.Popen(args, stdin=subprocess.PIPE if feed else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=self.env, cwd=cwd,
+                                    stderr=subprocess.PIPE, env=env, cwd=cwd,
                                     preexec_fn=_die_with_parent)
         except FileNotFoundError:
             raise CommandFailed(f"{label}: command not found: {args[0]} (is it installed and on PATH?)") from None
@@ -116,6 +120,17 @@ class Commands:
         reason = f": {last[0].strip()}" if last[0].strip() else ""
         raise CommandFailed(f"{label} failed (exit {result.returncode}){reason}",
                             retryable=result.returncode in retryable_codes, stderr_tail=result.stderr_tail)
+
+
+def child_env(program: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a child runs with: PATH, HOME, the locale, TZ and TMPDIR, plus SSH_AUTH_SOCK
+    for ssh and rsync. Nothing else: OS_*, AWS_* and REDIS_PASSWORD are the worker's own, and no
+    child (qemu-img, rsync, ssh) uses them."""
+    environ = os.environ if environ is None else environ
+    names = {*CHILD_ENV, *(("SSH_AUTH_SOCK",) if Path(program).name in SSH_CLIENTS else ())}
+    env = {name: value for name, value in environ.items() if name in names or name.startswith("LC_")}
+    env.setdefault("PATH", os.defpath)
+    return env
 
 
 def _collect(stream, sink: Callable[[str], None]) -> None:

@@ -17,7 +17,7 @@ from glanceclient.v2 import client as gclient
 from keystoneauth1 import exceptions as ks_exc
 
 from migratio.errors import AuthError, ImageNotFound, PermanentError, StepError, TransientError
-from migratio.openstack.glance_protocol import ImageRecord, NewImage, Payload, Progress, StreamCommands
+from migratio.openstack.glance_protocol import OWNER_PROBE, ImageRecord, NewImage, Payload, Progress, StreamCommands
 
 
 @dataclass
@@ -149,6 +149,22 @@ class GlanceClient:
             return False
         return True
 
+    def project(self) -> str:
+        """The project owning what these credentials create: the session's Keystone project, else
+        the owner of a throwaway image (created without data, deleted at once)."""
+        with self._errors("the project of the credentials"):
+            scoped = self.session.get_project_id() if hasattr(self.session, "get_project_id") else None
+        if scoped:
+            return str(scoped)
+        probe = self.create(OWNER_PROBE, "raw", "bare", {})
+        try:
+            owner = self.show(probe).get("owner")
+        finally:
+            self.delete(probe)
+        if not owner:
+            raise PermanentError(f"Glance on {self.site} names no owner of a new image")
+        return str(owner)
+
     @contextlib.contextmanager
     def _errors(self, what: str, image_id: str | None = None) -> Iterator[None]:
         try:
@@ -164,6 +180,7 @@ class ApiGlance:
 
     def __init__(self, client: GlanceClient):
         self.client = client
+        self._project: str | None = None
 
     def find(self, filters: Mapping[str, str]) -> list[ImageRecord]:
         return self.client.find(filters)
@@ -173,6 +190,11 @@ class ApiGlance:
 
     def delete(self, image_id: str) -> bool:
         return self.client.delete(image_id)
+
+    def project(self) -> str:
+        if self._project is None:
+            self._project = self.client.project()
+        return self._project
 
     def register(self, image: NewImage, payload: Payload, created: list[str], progress: Progress) -> str:
         image_id = self.client.create(**image)

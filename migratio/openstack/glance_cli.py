@@ -7,10 +7,14 @@ the CLI (`image-create --file`).
 
 Image names and property values are data: they may hold '|', quotes or newlines, so the
 tables are read by position (id first, status from the right) and continuation rows
-(multi-line cells) never count as records.
+(multi-line cells) never count as records. Property names are data too, but a table shows
+them padded: a property named "id " or "status\n" reads like the field itself. So a table
+in which a key appears twice (or a field spans lines) is refused (AmbiguousTable), and the
+stream's awk takes an id only from a table with exactly one `id` row.
 """
 
 import contextlib
+import logging
 import shlex
 from typing import Mapping, Sequence
 
@@ -18,18 +22,34 @@ from migratio import ids
 from migratio.conf.sites import OpenStackOptions
 from migratio.errors import CommandFailed, ImageNotFound, InvalidInput, PermanentError
 from migratio.openstack import headnode_client as api
-from migratio.openstack.glance_protocol import ImageRecord, NewImage, Payload, Progress, StreamCommands
+from migratio.openstack.glance_protocol import OWNER_PROBE, ImageRecord, NewImage, Payload, Progress, StreamCommands
 from migratio.openstack.ssh import RemoteShell, command_failed, looks_transient
 
+log = logging.getLogger("migratio.glance_cli")
+
 SHOW_WIDTH = "100000"  # --max-column-width: hashes must not wrap
-# awk: the value of the `id` row of glance's Property|Value table (continuation rows have no key)
-AWK_ID = "$2 ~ /^ *id *$/ { gsub(/ /, \"\", $3); print $3; exit }"
+# awk: the value of the one `id` row of glance's Property|Value table; nothing when no row or
+# several rows read as `id` (a property name such as " id" or "id " is shown like the field)
+AWK_ID = ("$2 ~ /^[[:space:]]*id[[:space:]]*$/ { n++; id = $3 } "
+          "END { if (n == 1) { gsub(/[[:space:]]/, \"\", id); print id } }")
+# short fields that never span lines (the CLI wraps long values such as os_hash_value at 80
+# columns unless told otherwise): a continuation row after one of them is not theirs
+ONE_LINE = frozenset({"id", "status", "owner", "size", "checksum", "os_hash_algo", "disk_format",
+                      "container_format", "virtual_size"})
+
+
+class AmbiguousTable(ValueError):
+    """A Property|Value table in which a property name could stand for a field (`key` is it)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"key {key!r} appears twice or spans lines (a property name padded with spaces?)")
+        self.key = key
 
 
 def table_rows(text: str) -> list[list[str]]:
     """Cells of every `| a | b |` row of a prettytable (border lines dropped, header kept)."""
     rows = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # (not splitlines: a value may hold U+2028 and the like)
         line = line.rstrip()
         if line.startswith("|") and line.endswith("|") and len(line) > 1:
             rows.append([cell.strip() for cell in line[1:-1].split("|")])
@@ -58,22 +78,32 @@ def parse_list(text: str) -> list[dict[str, str]]:
 def parse_show(text: str) -> dict[str, str]:
     """`glance image-show` / `image-create` Property|Value table -> dict (multi-line values joined).
 
-    The value is everything right of the first '|', so values containing '|' stay whole.
+    The value is everything right of the first '|', so values containing '|' stay whole. Raises
+    AmbiguousTable when a key appears twice once stripped of its padding, or a continuation row
+    follows a ONE_LINE field: a property name then reads as that field.
     """
     record: dict[str, str] = {}
-    last = None
-    for line in text.splitlines():
+    last, header = None, True
+    for line in text.split("\n"):
         line = line.rstrip()
         if not (line.startswith("|") and line.endswith("|") and "|" in line[1:-1]):
             continue
         key, value = (part.strip() for part in line[1:-1].split("|", 1))
-        if key == "Property" and value == "Value" and last is None:
+        if header and (key, value) == ("Property", "Value"):
+            header = False
             continue
+        if key in record or (not key and last in ONE_LINE):
+            raise AmbiguousTable(key or str(last))
         if key:
             record[key], last = value, key
         elif last is not None:
             record[last] += "\n" + value
     return record
+
+
+def table_safe(name: str) -> bool:
+    """Whether a property name shows in a glance table as itself: not padded, one line, no '|'."""
+    return bool(name) and name == name.strip() and len(name.splitlines()) == 1 and "|" not in name
 
 
 def image_id_or_none(text: str) -> str | None:
@@ -130,21 +160,50 @@ class CliGlance:
 
     def __init__(self, shell: RemoteShell, options: OpenStackOptions, site_id: str):
         self.shell, self.options, self.site = shell, options, site_id
-        self.glance = shlex.split(options.glance_command)
+        self.glance = options.glance_argv
+        self._project: str | None = None
 
     def find(self, filters: Mapping[str, str]) -> list[ImageRecord]:
-        """One list with the filters, then image-show of each hit."""
+        """One list with the filters, then image-show of each hit (one whose table is ambiguous is
+        left out: nothing in it can be trusted)."""
         args = ["--verbose", "image-list", *(f"--property-filter={key}={value}" for key, value in filters.items())]
         found = []
         for hit in parse_list(self._check(args, "image-list")):
             try:
-                found.append(self.show(hit["id"]))
+                found.append(self._show(hit["id"]))
             except ImageNotFound:
                 continue  # deleted meanwhile
+            except AmbiguousTable as exc:
+                log.warning("image %s on %s left out: its glance image-show table is ambiguous: %s",
+                            hit["id"], self.site, exc)
         return found
 
     def show(self, image_id: str) -> ImageRecord:
         image_id = ids.image_id(image_id)
+        try:
+            return self._show(image_id)
+        except AmbiguousTable as exc:
+            raise PermanentError(f"remote glance image-show {image_id} on {self.site}: "
+                                 f"ambiguous table: {exc}") from None
+
+    def project(self) -> str:
+        """The owner of a throwaway image (created without data, deleted at once); asked once."""
+        if self._project is None:
+            args = ["image-create", f"--name={OWNER_PROBE}", "--disk-format=raw", "--container-format=bare"]
+            out = self._check(args, "image-create")
+            try:
+                record = parse_show(out)
+            except AmbiguousTable as exc:
+                raise PermanentError(f"remote glance image-create on {self.site}: ambiguous table: {exc}") from None
+            probe = image_id_or_none(record.get("id", ""))
+            if probe:
+                self.delete(probe)
+            if not probe or record.get("owner", "None") in ("", "None"):
+                raise PermanentError(f"remote glance image-create on {self.site}: no image id or owner in its output")
+            self._project = record["owner"]
+        return self._project
+
+    def _show(self, image_id: str) -> ImageRecord:
         code, out, err = self._run(["image-show", f"--max-column-width={SHOW_WIDTH}", image_id])
         if code != 0:
             if missing(err):
@@ -171,7 +230,10 @@ class CliGlance:
         code, out, err = self.shell.run([*self.glance, *args], env_file=self.options.remote_env_file,
                                         timeout=None, pty=True)
         err = err or out  # on a terminal, errors arrive on stdout
-        image_id = image_id_or_none(parse_show(out).get("id", ""))
+        try:
+            image_id = image_id_or_none(parse_show(out).get("id", ""))
+        except AmbiguousTable as exc:  # (record_fields refuses the property names that do this)
+            raise PermanentError(f"remote glance image-create on {self.site}: ambiguous table: {exc}") from None
         if image_id:
             created.append(image_id)
         if code != 0:

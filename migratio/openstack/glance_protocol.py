@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, TypedDict
 
-ImageRecord = Mapping[str, object]  # an image as Glance shows it: id, status, size, hashes, properties
+ImageRecord = Mapping[str, object]  # an image as Glance shows it: id, status, size, hashes, owner, properties
 Progress = Callable[[int, int | None], None]  # (bytes done, bytes in all)
+# The name of the throwaway image (created, read, deleted) whose `owner` tells the project where the
+# credentials do not (a token without Keystone); the head-node client spells it too.
+OWNER_PROBE = "migratio-owner-probe"
 
 
 class NewImage(TypedDict):
@@ -48,7 +51,11 @@ class Glance(Protocol):
     """The destination Glance of one site; its messages name the site by id."""
 
     def find(self, filters: Mapping[str, str]) -> list[ImageRecord]:
-        """Images with these properties, whatever their status."""
+        """Images with these properties, whatever their status and whoever owns them."""
+
+    def project(self) -> str:
+        """The project that owns what this Glance registers (Glance's `owner` of a new image): the
+        credentials' Keystone project, else the owner of a throwaway image (OWNER_PROBE)."""
 
     def show(self, image_id: str) -> ImageRecord:
         """The image's record (raises ImageNotFound)."""

@@ -26,7 +26,7 @@ from migratio.openstack.ssh import RemoteShell, last_line
 
 NO_COMMAND = 127  # the shell's "command not found"
 CLI_NAMES = {"find": "image-list", "show": "image-show", "delete": "image-delete",  # in error messages
-             "probe": "client install"}
+             "probe": "client install", "project": "project lookup"}
 INSTALL = 'mkdir -p -- "$1" && cat > "$2.$$" && mv -f -- "$2.$$" "$2" && shift 2 && exec "$@"'
 
 log = logging.getLogger("migratio.glance_cli")
@@ -51,6 +51,13 @@ class HeadNodeClient:
     def find(self, filters: Mapping[str, str]) -> list[ImageRecord]:
         answer = self._api("find", [f"{key}={value}" for key, value in filters.items()])
         return [record for record in answer if image_id_or_none(str(record.get("id", "")))]
+
+    def project(self) -> str:
+        answer = self._api("project", [])
+        if not isinstance(answer, dict) or not answer.get("project"):
+            raise PermanentError(f"remote glance project lookup on {self.site}: the head node's answer names "
+                                 "no project")
+        return str(answer["project"])
 
     def show(self, image_id: str) -> ImageRecord:
         try:
@@ -101,6 +108,7 @@ class HeadNodeGlance:
         self.client = HeadNodeClient(shell, options, site_id)
         self.cli = CliGlance(shell, options, site_id)
         self.options, self.site = options, site_id
+        self._project: str | None = None
 
     @property
     def cli_reason(self) -> str | None:
@@ -113,6 +121,15 @@ class HeadNodeGlance:
             return self.client.find(filters)
         except ClientUnavailable:
             return self.cli.find(filters)
+
+    def project(self) -> str:
+        """Asked once (the client, else the glance CLI's throwaway image)."""
+        if self._project is None:
+            try:
+                self._project = self.client.project()
+            except ClientUnavailable:
+                self._project = self.cli.project()
+        return self._project
 
     def show(self, image_id: str) -> ImageRecord:
         image_id = ids.image_id(image_id)

@@ -5,8 +5,8 @@ env file was sourced. One process, a few HTTP requests: about 0.1 s, where each 
 glance CLI costs close to a second.
 
     find KEY=VALUE...   images with these properties  -> JSON list of image records
-    show ID             one image                     -> JSON record
-    delete ID           delete one image
+    project             the owner of what these credentials create -> {"project": ID}
+    show ID / delete ID one image -> JSON record / delete it
     probe               only authenticate             -> {}
     create JSON         a new queued image from {name, disk_format, container_format,
                         min_disk, min_ram, properties} -> its id
@@ -14,9 +14,10 @@ glance CLI costs close to a second.
 
 Credentials are the OS_* variables the glance CLI reads: a token with an image endpoint
 (OS_AUTH_TOKEN + OS_IMAGE_URL), or Keystone v3 auth (OS_AUTH_URL with password, application
-credential or token). Exit status: 0 done; 3 these credentials need the glance CLI (e.g.
-OS_CLOUD); 4 no such image; 5 Glance or Keystone answered an error; 6 no connection;
-7 stdin ended before N bytes (the upload is abandoned: the image stays queued).
+credential or token). The project is the Keystone token's, else the owner of a throwaway image
+(deleted at once). Exit status: 0 done; 3 these credentials need
+the glance CLI (e.g. OS_CLOUD); 4 no such image; 5 Glance or Keystone answered an error; 6 no
+connection; 7 stdin ended before N bytes (the upload is abandoned: the image stays queued).
 Secrets never reach the output.
 """
 
@@ -29,6 +30,7 @@ import urllib.parse
 import urllib.request
 
 UNSUPPORTED, NOT_FOUND, HTTP_ERROR, NO_CONNECTION, SHORT_INPUT = 3, 4, 5, 6, 7
+OWNER_PROBE = "migratio-owner-probe"  # (migratio.openstack.glance_protocol.OWNER_PROBE)
 TIMEOUT = 60
 UPLOAD_TIMEOUT = 900  # Glance may take a while to answer once the last byte is in
 BLOCK = 1024 * 1024
@@ -44,11 +46,8 @@ class Failure(Exception):
 
 
 def env(*names):
-    for name in names:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
+    """The first of these variables that is set and not empty (else None)."""
+    return next((os.environ[name] for name in names if os.environ.get(name)), None)
 
 
 def tls_context():
@@ -91,22 +90,18 @@ def request(method, url, token=None, body=None, data=None, content_type=None, ti
     if content_type:
         headers["Content-Type"] = content_type
     req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    where = url.split("?", 1)[0]  # (the query is not needed to say what failed)
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=tls_context()) as resp:
             raw = resp.read()
             return resp.status, resp.headers, json.loads(raw.decode()) if raw.strip() else None
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise Failure(NOT_FOUND, "HTTP 404 Not Found: %s %s" % (method, strip_query(url)))
-        raise Failure(HTTP_ERROR, "HTTP %s %s: %s %s%s" % (exc.code, exc.reason, method, strip_query(url),
-                                                           explanation(exc)))
+            raise Failure(NOT_FOUND, "HTTP 404 Not Found: %s %s" % (method, where))
+        raise Failure(HTTP_ERROR, "HTTP %s %s: %s %s%s" % (exc.code, exc.reason, method, where, explanation(exc)))
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise Failure(NO_CONNECTION, "Unable to establish connection to %s: %s" % (strip_query(url), reason))
-
-
-def strip_query(url):
-    return url.split("?", 1)[0]
+        raise Failure(NO_CONNECTION, "Unable to establish connection to %s: %s" % (where, reason))
 
 
 def explanation(exc):
@@ -183,23 +178,21 @@ def image_endpoint(catalog):
         if service.get("type") != "image":
             continue
         for endpoint in service.get("endpoints", []):
-            if endpoint.get("interface") != interface:
-                continue
-            if region and region not in (endpoint.get("region_id"), endpoint.get("region")):
-                continue
-            return endpoint["url"]
+            if endpoint.get("interface") == interface and \
+                    (not region or region in (endpoint.get("region_id"), endpoint.get("region"))):
+                return endpoint["url"]
     where = " in region %s" % region if region else ""
     raise Failure(HTTP_ERROR, "Keystone's catalog has no %s image endpoint%s" % (interface, where))
 
 
 def connect():
-    """(Glance root URL, token) the way the glance CLI would find them."""
+    """(Glance root URL, token, the token's project id or None) the way the glance CLI would find them."""
     kind = (env("OS_AUTH_TYPE") or "").lower()
     if kind not in AUTH_TYPES or (env("OS_CLOUD") and not env("OS_AUTH_URL")):
         raise Failure(UNSUPPORTED, "these credentials (OS_AUTH_TYPE/OS_CLOUD) need the glance CLI")
     token, image_url = env("OS_AUTH_TOKEN", "OS_TOKEN"), env("OS_IMAGE_URL")
     if token and image_url and not env("OS_PASSWORD"):
-        return image_url, token
+        return image_url, token, None
     if not env("OS_AUTH_URL"):
         raise Failure(UNSUPPORTED, "no OS_AUTH_URL (nor OS_AUTH_TOKEN with OS_IMAGE_URL) in the environment")
     ident, scoped = identity()
@@ -210,7 +203,8 @@ def connect():
     token = headers.get("X-Subject-Token")
     if not token:
         raise Failure(HTTP_ERROR, "Keystone answered without a token (X-Subject-Token)")
-    return image_url or image_endpoint((body or {}).get("token", {}).get("catalog")), token
+    issued = (body or {}).get("token") or {}
+    return image_url or image_endpoint(issued.get("catalog")), token, (issued.get("project") or {}).get("id")
 
 
 def unversioned(root):
@@ -218,8 +212,9 @@ def unversioned(root):
     return root[:-3] if root.endswith("/v2") else root
 
 
-def images_url(root):
-    return unversioned(root) + "/v2/images"
+def images_url(root, image_id=None):
+    url = unversioned(root) + "/v2/images"
+    return url if image_id is None else url + "/" + urllib.parse.quote(image_id, safe="")
 
 
 def find(root, token, filters):
@@ -233,6 +228,16 @@ def find(root, token, filters):
         # Glance's `next` is a path under the endpoint ("/v2/images?marker=..."), as glanceclient reads it
         url = unversioned(root) + page["next"] if page.get("next") else None
     return found
+
+
+def probe_owner(root, token):
+    """The owner of a throwaway image, deleted at once: the project of what these credentials create."""
+    spec = {"name": OWNER_PROBE, "disk_format": "raw", "container_format": "bare"}
+    image = request("POST", images_url(root), token, body=spec)[2]
+    request("DELETE", images_url(root, image["id"]), token)
+    if not image.get("owner"):
+        raise Failure(HTTP_ERROR, "Glance named no owner of a new image")
+    return image["owner"]
 
 
 def create(root, token, spec):
@@ -249,23 +254,21 @@ def upload(root, token, size_arg, image_id):
     if not size_arg.startswith("--size="):
         raise Failure(2, "usage: upload --size=N ID")
     body = Exactly(getattr(sys.stdin, "buffer", sys.stdin), int(size_arg[len("--size="):]))
-    request("PUT", image_url(root, image_id) + "/file", token, data=body,
+    request("PUT", images_url(root, image_id) + "/file", token, data=body,
             content_type="application/octet-stream", timeout=UPLOAD_TIMEOUT)
     return {}
 
 
-def image_url(root, image_id):
-    return images_url(root) + "/" + urllib.parse.quote(image_id, safe="")
-
-
 def run(op, args):
-    root, token = connect()
+    root, token, scoped = connect()
     if op == "find":
         return find(root, token, args)
+    if op == "project":
+        return {"project": scoped or probe_owner(root, token)}
     if op == "show":
-        return request("GET", image_url(root, args[0]), token)[2]
+        return request("GET", images_url(root, args[0]), token)[2]
     if op == "delete":
-        request("DELETE", image_url(root, args[0]), token)
+        request("DELETE", images_url(root, args[0]), token)
         return {}
     if op == "create":
         return create(root, token, args[0])
@@ -275,11 +278,11 @@ def run(op, args):
 
 
 def main(argv):
-    ops = {"find": None, "show": 1, "delete": 1, "probe": 0, "create": 1, "upload": 2}
+    ops = {"find": None, "show": 1, "delete": 1, "probe": 0, "project": 0, "create": 1, "upload": 2}
     args = argv[1:]
     if not argv or argv[0] not in ops or ops[argv[0]] not in (None, len(args)) or \
             (argv[0] == "find" and not all("=" in a for a in args)):
-        sys.stderr.write("usage: find KEY=VALUE... | show ID | delete ID | probe | create JSON | "
+        sys.stderr.write("usage: find KEY=VALUE... | show ID | delete ID | probe | project | create JSON | "
                          "upload --size=N ID\n")
         return 2
     try:

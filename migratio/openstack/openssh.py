@@ -28,8 +28,8 @@ def openssh_command(site: OpenStackOptions) -> list[str]:
 
 
 def ssh_argv(site: OpenStackOptions, line: str) -> list[str]:
-    """OpenSSH running the shell `line` on the head node."""
-    return [*openssh_command(site), f"{site.user}@{site.host}", line]
+    """OpenSSH running the shell `line` on the head node (`--`: the destination is never an option)."""
+    return [*openssh_command(site), "--", f"{site.user}@{site.host}", line]
 
 
 def openssh_refusal(stderr_tail: str, site: OpenStackOptions) -> StepError | None:

@@ -20,6 +20,9 @@ UNITS = {"B": 1, "kB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
 def rsync_argv(src: Path, dest_path: str, site: OpenStackOptions, bandwidth_limit: int | None = None) -> list[str]:
     """rsync argv sending one file; sparse-aware (-S), resumable (--partial), -t for quick re-runs.
 
+    rsync runs the -e command as `... -l USER HOST rsync --server ...`: the user is -l's argument
+    and rsync refuses a host beginning with '-' (the site conf refuses both anyway).
+
     Args:
         bandwidth_limit: KiB/s (rsync --bwlimit), from the site's limits.
     """

@@ -23,7 +23,6 @@ log = logging.getLogger("migratio.remote")
 
 DEFAULT_TIMEOUT = 3600.0
 KEEPALIVE = 15
-EOF_GRACE = 5.0  # seconds the output may still arrive after the exit status
 SSH_FAILED = 255  # ssh's own exit status: connection, host key, authentication
 # stderr of a remote command that failed for a reason that may go away (Glance or its link)
 TRANSIENT_STDERR = ("HTTP 50", "Unable to establish", "timed out", "Connection refused", "Temporary failure",
@@ -174,7 +173,8 @@ class RemoteShell:
 
         With `pty`, the command gets a terminal, so it is hung up (SIGHUP) when the connection
         drops, e.g. when this worker is killed: no remote process outlives us and finishes work
-        behind our back. Its stderr then arrives merged into stdout.
+        behind our back. Its stderr then arrives merged into stdout. A connection lost before the
+        command's exit status and all its output came raises TransientError.
         """
         line = command_line(argv, env_file)
         log.info("ssh %s: %s", self.where, line)
@@ -183,7 +183,7 @@ class RemoteShell:
             if stdin:
                 channel_in.write(stdin)
             channel_in.channel.shutdown_write()  # EOF: nothing remote may wait for input
-            return _drain(stdout.channel, timeout)
+            return _drain(stdout.channel, timeout, self.where)
         except (paramiko.SSHException, socket.error, EOFError) as exc:
             raise TransientError(f"ssh {self.where}: connection lost ({_text(exc)})") from None
 
@@ -232,17 +232,22 @@ def _translate(exc: Exception, where: str, site: OpenStackOptions) -> Exception:
     return exc
 
 
-def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[int, str, str]:
-    """Read stdout and stderr together (so neither can fill up and stall the other).
+def _drain(channel: paramiko.Channel, timeout: float | None, where: str) -> tuple[int, str, str]:
+    """Read stdout and stderr together (so neither can fill up and stall the other) to the
+    channel's EOF, then the exit status.
 
-    sshd sends the exit status as soon as the command exits, maybe before the rest of its
-    output: the output ends with the channel's EOF (or, past EOF_GRACE, with the exit status,
-    for a command that left a background process holding its output open).
+    sshd sends the exit status as soon as the command exits, maybe before the rest of its output
+    (still in flight, or written by a process the command left behind): only EOF ends the output.
+    A channel that closes without an exit status, its connection gone, is a lost connection.
     """
     out, err = bytearray(), bytearray()
     deadline = None if timeout is None else time.monotonic() + timeout
-    exited: float | None = None
-    channel.settimeout(1.0)
+
+    def stop_at_deadline() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            channel.close()
+            raise TransientError(f"remote command timed out after {timeout:.0f}s")
+
     while True:
         progressed = False
         while channel.recv_ready():
@@ -251,19 +256,23 @@ def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[int, str, 
         while channel.recv_stderr_ready():
             err += channel.recv_stderr(65536)
             progressed = True
-        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-            exited = exited or time.monotonic()
-            if channel.eof_received or channel.closed or time.monotonic() - exited > EOF_GRACE:
-                break
-        if deadline is not None and time.monotonic() > deadline:
-            channel.close()
-            raise TransientError(f"remote command timed out after {timeout:.0f}s")
-        if exited:
-            time.sleep(0.01)  # (status_event stays set from here on)
-        elif not progressed:
+        if (channel.eof_received or channel.closed) and not channel.recv_ready() and not channel.recv_stderr_ready():
+            break  # everything that was sent has been read
+        stop_at_deadline()
+        if progressed:
+            continue
+        if channel.exit_status_ready():
+            time.sleep(0.01)  # (status_event stays set from here on: it can no longer be waited for)
+        else:
             channel.status_event.wait(0.05)
-    code = channel.recv_exit_status()
+    while not channel.exit_status_ready():  # after EOF, the exit status (or the close) is on its way
+        stop_at_deadline()
+        channel.status_event.wait(0.05)
+    code, transport = channel.exit_status, channel.get_transport()
+    connected = transport is not None and transport.is_active()
     channel.close()
+    if not connected and (code == -1 or not channel.eof_received):  # no status, or output cut short
+        raise TransientError(f"ssh {where}: connection lost while the command ran")
     return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 

@@ -13,6 +13,7 @@ once the upload succeeded.
 also checks the staged copy's size and deletes the image if fewer bytes arrived.
 """
 
+import contextlib
 import shlex
 import time
 from pathlib import Path
@@ -20,10 +21,11 @@ from typing import BinaryIO, Callable
 
 from migratio.conf.sites import OpenStackOptions
 from migratio.errors import StepError, TransientError
-from migratio.openstack.glance_cli import image_id_or_none, parse_show, remote_failure
+from migratio.openstack.glance_cli import AmbiguousTable, image_id_or_none, parse_show, remote_failure
 from migratio.openstack.glance_protocol import StreamCommands
 from migratio.openstack.openssh import openssh_refusal
 from migratio.openstack.ssh import SSH_FAILED, address, last_line, source_env_file
+from migratio.openstack.staging_space import STAGED_BLOCK
 
 CHUNK = 1024 * 1024
 PROGRESS_EVERY = 1.0  # seconds between progress reports
@@ -35,9 +37,10 @@ PARTIAL_STAGED = 75  # exit status of the line when an earlier attempt left a st
 def remote_line(glance: StreamCommands, staged: str, size: int, env_file: str | None) -> str:
     """The shell line the head node runs (POSIX sh; every argument is quoted).
 
-    The bytes land in the staged file from the first one on (a background `cat`), while the
-    record is created; then `tail -f` follows the staged file into the upload until the
-    receiving `cat` has ended. So the link never waits for Glance's client to start.
+    The bytes land in the staged file from the first one on (a background `dd` that seeks over
+    blocks of zeros, so the staged copy stays sparse), while the record is created; then `tail -f`
+    follows the staged file into the upload until the receiving `dd` has ended. So the link never
+    waits for Glance's client to start.
     """
     q = shlex.quote
     staging, staged_q, n = q(str(Path(staged).parent)), q(staged), int(size)
@@ -46,7 +49,8 @@ def remote_line(glance: StreamCommands, staged: str, size: int, env_file: str | 
         f"mkdir -p -- {staging} || exit",
         f'if [ -s {staged_q} ]; then echo "a partial copy is staged: resume it with rsync" >&2; exit {PARTIAL_STAGED}; fi',
         f": > {staged_q} || exit",
-        f"exec 3<&0; cat <&3 > {staged_q} & receiver=$!; exec 3<&-",
+        f"exec 3<&0; dd bs={STAGED_BLOCK} iflag=fullblock conv=sparse status=none <&3 > {staged_q} & receiver=$!; "
+        "exec 3<&-",
         f"out=$({glance.create} <&-); rc=$?; printf '%s\\n' \"$out\"",
         f'if [ "$rc" -ne 0 ]; then {give_up}; fi',
         f"id=$(printf '%s\\n' \"$out\" | {glance.id_of})",
@@ -102,12 +106,18 @@ def feeder(path: Path, rate: float | None, progress: Callable[[int], None],
 
 
 def created_id(stdout: str) -> str | None:
-    """The image id the create command printed (alone, or in the CLI's table), or the upload mark's."""
-    for line in stdout.splitlines():
+    """The image id the create command printed (alone, or in the CLI's table), or the upload mark's;
+    None when there is no single one (an ambiguous table names none)."""
+    lines = stdout.split("\n")  # (not splitlines: a table's value may hold U+2028 and the like)
+    for line in lines:
         if line.startswith(UPLOAD_MARK + " "):
             return image_id_or_none(line.split(" ", 1)[1])
-    bare = next((image_id_or_none(line) for line in stdout.splitlines() if image_id_or_none(line)), None)
-    return bare or image_id_or_none(parse_show(stdout).get("id", ""))
+    bare = next((image_id_or_none(line) for line in lines if image_id_or_none(line)), None)
+    if bare:
+        return bare
+    with contextlib.suppress(AmbiguousTable):
+        return image_id_or_none(parse_show(stdout).get("id", ""))
+    return None
 
 
 def outcome(returncode: int, stdout: str, stderr_tail: str, site: OpenStackOptions,

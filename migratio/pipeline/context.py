@@ -28,6 +28,7 @@ class Fact(Enum):
     """What a step hands later steps through the Context (see Step.needs and Step.provides)."""
 
     IMAGE = "the located source image"  # ctx.image, with the path of its data
+    INSPECTED = "the inspected source image"  # ctx.image checked by qemu-img info (nothing is sent unchecked)
     PAYLOAD = "the payload to send"  # ctx.payload and ctx.payload_format
     DEST_IMAGE = "the destination image id"  # ctx.dest_image_id
 

@@ -27,12 +27,12 @@ class Decision:
 def decide(exc: BaseException, retries_left: int | None) -> Decision:
     """What follows `exc` for a job that has `retries_left` automatic retries.
 
-    Transient failures and internal errors (a bug may be a one-off) are retried while retries
-    last; permanent ones never; an interrupt (not an Exception) never; waiting uses no attempt.
+    Transient failures are retried while retries last. Permanent ones never; nor anything that is
+    not a MigratioError: an internal error (a bug runs the same way again), RQ's job timeout (the
+    job would time out again), an interrupt. Waiting uses no attempt.
     """
     left = (retries_left or 0) > 0
     if isinstance(exc, MustWait):
         return Decision(left, False, "waiting" if left else "failed", WAITING if left else FAILED)
-    retryable = isinstance(exc, Exception) and (exc.retryable if isinstance(exc, MigratioError) else True)
-    retried = retryable and left
+    retried = isinstance(exc, MigratioError) and exc.retryable and left
     return Decision(retried, True, "retrying" if retried else "failed", WILL_RETRY if retried else FAILED)

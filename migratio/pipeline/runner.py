@@ -1,7 +1,8 @@
 """The pipeline runner: steps in order over a shared Context, with cleanups on every exit path."""
 
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
+from migratio.conf.sites import Site
 from migratio.pipeline.context import Context, Fact
 from migratio.pipeline.retry import decide
 
@@ -10,7 +11,8 @@ class Step:
     """A pipeline step. `run` returns the status line to send when it is done (or None).
 
     `needs` names what earlier steps must have put into the Context, `provides` what this one
-    puts there for later ones; `unmet_need` checks an order once, when the pipeline is built.
+    puts there for later ones; `unmet_need` checks an order once, when the pipeline is built, and
+    `conf_problem` what the step needs of the site conf.
     """
 
     name: ClassVar[str]
@@ -20,6 +22,11 @@ class Step:
 
     def run(self, ctx: Context) -> str | None:
         raise NotImplementedError
+
+    @classmethod
+    def conf_problem(cls, site: Site) -> str | None:
+        """What in the site conf keeps this step from running (one line, without the file), else None."""
+        return None
 
 
 def unmet_need(steps: Sequence[type[Step]]) -> tuple[type[Step], Fact] | None:
@@ -33,8 +40,12 @@ def unmet_need(steps: Sequence[type[Step]]) -> tuple[type[Step], Fact] | None:
     return None
 
 
-def run_pipeline(ctx: Context, steps: list[Step]) -> dict[str, object]:
-    """Run `steps` in order; returns the job's result. Cleanups run however it ends."""
+def run_pipeline(ctx: Context, steps: list[Step], guard: Callable[[str], None] | None = None) -> dict[str, object]:
+    """Run `steps` in order; returns the job's result. Cleanups run however it ends.
+
+    `guard(step name)` runs before each step and raises to stop the job there (a lost lock).
+    Afterwards `ctx.step` names the step the pipeline ended in.
+    """
     names = [s.name for s in steps]
     ctx.meta.update(state="running", steps=names, steps_done=[], step=None, error=None)
     ctx.say("Migration started")
@@ -43,14 +54,18 @@ def run_pipeline(ctx: Context, steps: list[Step]) -> dict[str, object]:
         for step in steps:
             if ctx.finished and not step.always:
                 continue
+            if guard:
+                guard(step.name)
             _run_step(ctx, step)
         failed = False
     except BaseException as exc:
         retrying = decide(exc, ctx.retries_left).retried
         raise
     finally:
+        ended_in = ctx.step
         ctx.begin_step("cleanup")
         ctx.run_cleanups(failed, retrying)
+        ctx.step = ended_in
     return dict(ctx.result)
 
 

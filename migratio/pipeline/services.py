@@ -22,7 +22,7 @@ class Services:
     glance: Callable[[str | None], GlanceClient]  # clouds.yaml cloud name -> a destination's Glance (via: api)
     remote: Callable[[OpenStackOptions], RemoteShell]  # an SSH shell on the destination's head node
     aws: Callable[[AwsOptions], AwsClients]
-    nova: Callable[[str | None], Nova]  # clouds.yaml cloud name -> the destination's Nova (boot check)
+    nova: Callable[[str], Nova]  # the destination's clouds.yaml cloud -> its Nova (boot check; never this site's)
 
 
 def default_services(config: Config, environ: Mapping[str, str] | None = None) -> Services:
@@ -44,7 +44,7 @@ def default_services(config: Config, environ: Mapping[str, str] | None = None) -
 
         return clients.AwsClients.connect(site)
 
-    def nova(cloud: str | None) -> Nova:
+    def nova(cloud: str) -> Nova:
         from migratio.openstack import auth
         from migratio.openstack import nova as nova_mod
 

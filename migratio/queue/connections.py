@@ -68,6 +68,12 @@ def ingest_client(redis_url: str, block: float) -> redis.Redis:
                                 health_check_interval=30, retry=Retry(NoBackoff(), 1))
 
 
+def heartbeat_client(redis_url: str) -> redis.Redis:
+    """The worker heartbeat's (migratio.queue.liveness): fails fast, it beats again soon."""
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=5,
+                                retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+
+
 def feedback_client(redis_url: str) -> redis.Redis:
     """A client that fails fast: a status line must never hold a migration up for long."""
     return redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10,

@@ -22,6 +22,10 @@ Nothing lost, nothing run twice, several workers per site:
 5. A payload that cannot be a migration is moved (atomically, from the processing list) to the
    dead-letter list `<ns>:migratio:dead` as JSON {payload, reason, at, queue, consumer}, logged,
    and answered with a feedback line when it names a valid image UUID and a destination.
+6. Whatever a payload holds, it never holds up the jobs behind it: one whose handling raises an
+   error nobody foresaw goes back to the end of the queue, and after `max_attempts` attempts
+   (counted per payload in Redis, see migratio.queue.attempts) it is a dead letter with the
+   last error as its reason.
 """
 
 import json
@@ -33,30 +37,26 @@ import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
 
 import redis
 from rq import Queue
 
 from migratio.conf.config import Config
 from migratio.conf.sites import Site, load_site, site_path
-from migratio.errors import ConfigError, MigratioError
+from migratio.errors import ConfigError, MigratioError, describe
 from migratio.pipeline.recorder import IngestOutcome, NullRecorder, Recorder
 from migratio.pipeline.status import REJECTED, JobInfo, StatusSink
 from migratio.queue import scripts
+from migratio.queue.attempts import Attempts, gave_up
 from migratio.queue.enqueue import enqueue_validated
-from migratio.queue.keys import IngestKeys, dead_key
+from migratio.queue.keys import IngestKeys
 from migratio.queue.sidekiq import BadPayload, MigrationRequest, parse_migration
 
 log = logging.getLogger("migratio.ingest")
 
 JOB_PREFIX = "sidekiq-"
 COUNTED: dict[str, IngestOutcome] = {"enqueued": "enqueued", "duplicate": "duplicate", "dead": "dead_lettered"}
-
-
-def dead_letters(client: redis.Redis, namespace: str, count: int = 100) -> list[dict[str, Any]]:
-    """The newest `count` dead-letter entries (what an operator would inspect)."""
-    return [json.loads(entry) for entry in client.lrange(dead_key(namespace), 0, count - 1)]
 
 
 def consumer_name() -> str:
@@ -69,7 +69,7 @@ class Ingest:
     def __init__(self, client: redis.Redis, config: Config, queue: Queue,
                  feedback: StatusSink | None = None, *, consumer: str | None = None,
                  block: float = 2.0, heartbeat_ttl: int = 30, recover_every: float = 15.0,
-                 claim_ttl: int = 60, dead_max: int = 10000,
+                 claim_ttl: int = 60, dead_max: int = 10000, max_attempts: int = 5,
                  clock: Callable[[], float] = time.monotonic, metrics: Recorder | None = None):
         self.redis, self.config, self.queue, self.feedback = client, config, queue, feedback
         self.metrics = metrics or NullRecorder()
@@ -78,6 +78,7 @@ class Ingest:
         self.processing = self.keys.processing(self.consumer)
         self.block, self.heartbeat_ttl, self.recover_every = block, heartbeat_ttl, recover_every
         self.claim_ttl, self.dead_max, self.clock = claim_ttl, dead_max, clock
+        self.attempts, self.max_attempts = Attempts(client, self.keys.attempts, max_attempts), max_attempts
         self._last_beat = self._last_recover = float("-inf")
         self._recover_held = scripts.load(client, "ingest_recover")
         self._dead, self._back = scripts.load(client, "ingest_dead"), scripts.load(client, "ingest_back")
@@ -92,8 +93,8 @@ class Ingest:
         failing, delay = False, 1.0
         while not stop.is_set():
             try:
-                if self.step() == "busy":
-                    stop.wait(1.0)  # its claim holder finishes or the claim expires
+                if self.step() in ("busy", "failed"):
+                    stop.wait(1.0)  # its claim holder finishes or the claim expires; a failure is not hurried
                 if failing:
                     log.info("ingest %s: Redis answers again", self.consumer)
                 failing, delay = False, 1.0
@@ -122,11 +123,16 @@ class Ingest:
         """Convert everything queued right now and stop (for `migratio worker --burst`)."""
         try:
             self._housekeeping()
-            outcomes = self._retry_own()
+            outcomes, failed = self._retry_own(), set()
             while (raw := self.redis.lmove(self.keys.source, self.processing, "RIGHT", "LEFT")) is not None:
+                if raw in failed:  # it went round the queue once: left for the next run
+                    self._back(keys=[self.processing, self.keys.source], args=[raw])
+                    break
                 outcomes.append(outcome := self.handle(raw))
                 if outcome == "busy":
                     break  # put back; taking it again now would only spin
+                if outcome == "failed":
+                    failed.add(raw)
         finally:
             self.close()
         return dict(Counter(outcomes))
@@ -165,18 +171,32 @@ class Ingest:
         """Turn one payload held in our processing list into an RQ job or a dead letter.
 
         Returns "enqueued", "duplicate", "dead", "busy" (another consumer holds its claim:
-        put back in the queue) or "gone" (no longer ours).
+        put back in the queue), "failed" (an unforeseen error: put back at the end of the queue
+        while attempts are left) or "gone" (no longer ours).
         """
+        attempt = self.attempts.start(raw)
+        try:
+            if attempt > self.max_attempts:  # the last ones ended without an answer (their process died)
+                outcome = self._reject(raw, gave_up(raw, self.max_attempts, self.attempts.last_error(raw)))
+            else:
+                outcome = self._handle(raw)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # Redis is away: the payload stays in our processing list (see run)
+        except Exception as exc:
+            outcome = self._failed(raw, attempt, exc)
+        if outcome != "failed":
+            (self.attempts.undo if outcome == "busy" else self.attempts.forget)(raw)
+        if outcome in COUNTED:
+            self.metrics.ingested(COUNTED[outcome])
+        return outcome
+
+    def _handle(self, raw: bytes) -> str:
         try:
             request = parse_migration(raw)
             site = self._site(request)
         except BadPayload as exc:
-            outcome = self._reject(raw, exc)
-        else:
-            outcome = self._enqueue(raw, request, site)
-        if outcome in COUNTED:
-            self.metrics.ingested(COUNTED[outcome])
-        return outcome
+            return self._reject(raw, exc)
+        return self._enqueue(raw, request, site)
 
     def _enqueue(self, raw: bytes, request: MigrationRequest, site: Site | None) -> str:
         job_id = JOB_PREFIX + request.jid
@@ -192,7 +212,7 @@ class Ingest:
             else:
                 try:
                     enqueue_validated(self.queue, self.config, request.image_id, request.dest, site,
-                                      job_id=job_id, meta=_meta(request))
+                                      job_id=job_id, meta=request.meta)
                 except MigratioError as exc:  # e.g. a destination conf with a bad limit
                     return self._reject(raw, BadPayload(str(exc), request.image_id, request.dest, request.jid))
                 log.info("ingest %s: enqueued job %s: migrate %s to %s", self.consumer, job_id,
@@ -222,8 +242,8 @@ class Ingest:
 
     def _reject(self, raw: bytes, exc: BadPayload) -> str:
         text = raw.decode("utf-8", errors="replace")
-        entry = json.dumps({"payload": text, "reason": str(exc), "at": _now_iso(),
-                            "queue": self.keys.source, "consumer": self.consumer})
+        entry = json.dumps({"payload": text, "reason": str(exc), "queue": self.keys.source, "consumer": self.consumer,
+                            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         if not self._dead(keys=[self.processing, self.keys.dead], args=[raw, entry, self.dead_max]):
             return "gone"
         log.warning("ingest: rejected a job from %s (moved to %s): %s; payload: %s",
@@ -235,6 +255,17 @@ class Ingest:
             except Exception as err:  # feedback is best effort
                 log.warning("ingest: could not send the rejection to Atmosphere: %s", err)
         return "dead"
+
+    def _failed(self, raw: bytes, attempt: int, exc: Exception) -> str:
+        """An error nobody foresaw: back to the end of the queue, or a dead letter after the last attempt."""
+        error = describe(exc)
+        (log.exception if attempt == 1 else log.warning)(
+            "ingest %s: could not handle a job from %s (attempt %d of %d): %s; payload: %s", self.consumer,
+            self.keys.source, attempt, self.max_attempts, error, _short(raw.decode("utf-8", "replace")))
+        if attempt >= self.max_attempts:
+            return self._reject(raw, gave_up(raw, attempt, error, type(exc).__name__))
+        self.attempts.failed(raw, error)
+        return "failed" if self._back(keys=[self.processing, self.keys.source], args=[raw]) else "gone"
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -262,15 +293,6 @@ class Ingest:
             log.warning("ingest %s: gave %d job(s) held by stopped consumer %s back to %s",
                         self.consumer, moved, consumer, self.keys.source)
         return moved
-
-
-def _meta(request: MigrationRequest) -> dict[str, Any]:
-    return {"source": "atmosphere", "sidekiq_jid": request.jid, "sidekiq_class": request.klass,
-            "sidekiq_created_at": request.created_at}
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -25,7 +25,8 @@ def migrate(image_uuid: str, destination_site: str) -> dict[str, object]:
     with job_log(app.config.log_dir, job.id, app.redact, app.config.log_format, image_uuid, destination_site):
         try:
             return run_migration(app, job.id, image_uuid, destination_site, RqMeta(job),
-                                 retries_left=job.retries_left or 0, feedback=wants_feedback(job.meta))
+                                 retries_left=job.retries_left or 0, feedback=wants_feedback(job.meta),
+                                 timeout=job.timeout)
         except Exception as exc:
             _count(job, decide(exc, job.retries_left))
             raise

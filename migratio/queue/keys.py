@@ -2,8 +2,8 @@
 
 Atmosphere's keys and migratio's bookkeeping beside them are written as redis-namespace does:
 `<namespace>:<name>` (no prefix when the namespace is empty): its Sidekiq queues, the
-`<namespace>:migratio:` ingest, dead-letter and feedback keys. Two older keys keep their own
-form, since running workers and operators know them: the per (image, destination) lock
+`<namespace>:migratio:` ingest, dead-letter, feedback and worker heartbeat keys. Two older keys
+keep their own form, since running workers and operators know them: the per (image, destination) lock
 `migratio:<namespace>:lock:<image>:<dest>` and RQ's rate-limit name `migratio:<name>:<site>`.
 """
 
@@ -39,6 +39,11 @@ def lock_key(namespace: str, image_id: str, dest: str) -> str:
     return f"migratio:{namespace}:lock:{image_id}:{dest}"
 
 
+def alive_key(namespace: str, token: str) -> str:
+    """The heartbeat of one worker process (see migratio.queue.liveness); locks name its token."""
+    return key(namespace, f"migratio:alive:{token}")
+
+
 def rate_limit_key(config: Config, site_id: str) -> str:
     """The name of RQ's rate limit for this site's jobs to `site_id` (its `max_concurrent`)."""
     return f"migratio:{config.name}:{site_id}"
@@ -71,6 +76,12 @@ class IngestKeys:
 
     def claim(self, jid: str) -> str:
         return self._own(f"claim:{jid}")
+
+    @property
+    def attempts(self) -> str:
+        """A hash: attempts at handling each payload (field: a digest of the payload), and the
+        last attempt's error (field: `<digest>:error`)."""
+        return self._own("attempts")
 
     def _own(self, name: str) -> str:
         return key(self.namespace, f"migratio:ingest:{self.site}:{name}")

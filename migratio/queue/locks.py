@@ -1,14 +1,23 @@
 """A Redis lock per (image, destination) so two jobs never migrate the same image at once.
 
-The lock's value names its holder (`<token> <host> <pid> <process start time>`). A holder that
-died without releasing it (a SIGKILLed work-horse) leaves the key behind until `ttl` runs out;
-a job on the same host takes such a lock over at once when that process is gone, so a worker
-restarted after a crash resumes its job without waiting for the expiry.
+The lock's value names its holder: `<random> <host> <pid> <process start time> <worker token>`,
+the token being that of the worker whose job holds it (see migratio.queue.liveness). A holder
+that died without releasing it (a SIGKILLed work-horse) leaves the key behind; another job takes
+it over only when the holder certainly stopped:
+
+- its worker's heartbeat key is gone (the worker stopped, on any host), or
+- its worker is this job's own worker, or runs in this pid namespace, and the holding process
+  (pid + start time) is gone (a worker restarted after a crash resumes its job at once).
+
+Otherwise (alive, or on another host or in another container whose heartbeat still runs) the job
+waits; `ttl` bounds only the wait for a lock in an older format.
+
+The holder refreshes the lock in the background and says so when it cannot. A lock found taken
+over, expired or not refreshed for `ttl` s is lost: `check` then raises LockLost, which the job
+runs before each step, so that it stops before it registers anything.
 """
 
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -16,29 +25,44 @@ import uuid
 import redis
 from redis import Redis
 
+from migratio.errors import TransientError
 from migratio.pipeline.retry import MustWait
 from migratio.queue import scripts
 from migratio.queue.keys import lock_key
+from migratio.queue.liveness import Heartbeat, runs, this_process, worker_process
 
 log = logging.getLogger("migratio.locks")
 
 RELEASE_WAIT = 30.0  # seconds __exit__ keeps trying to release while Redis is away
+RETRY_REFRESH = 5.0  # seconds between refresh attempts while Redis does not answer
+
 
 class LockBusy(MustWait):
     """Another job holds the lock: this one waits (is retried) without using up a retry."""
 
 
+class LockLost(TransientError):
+    """The job's lock was taken over, expired or could not be refreshed: it stops before its next step."""
+
+
 class MigrationLock:
-    """Held for a job's whole run; refreshed in the background, so `ttl` only bounds a crash."""
+    """Held for a job's whole run; refreshed in the background, so `ttl` only bounds a crash.
+
+    `heartbeat` is the worker's (see migratio.queue.liveness); without one (a process that is no
+    worker) the lock keeps a heartbeat of its own while it is held.
+    """
 
     def __init__(self, redis: Redis, namespace: str, image_id: str, dest: str, ttl: int,
-                 host: str | None = None, pid: int | None = None):
-        self.redis, self.ttl = redis, ttl
+                 heartbeat: Heartbeat | None = None):
+        self.redis, self.namespace, self.ttl = redis, namespace, ttl
         self.key = lock_key(namespace, image_id, dest)
         self.what = f"image {image_id} to site {dest}"
-        self.host = host or socket.gethostname()
-        pid = pid or os.getpid()
-        self.token = f"{uuid.uuid4().hex} {self.host} {pid} {process_start(pid) or 0}"
+        self._own_heartbeat = heartbeat is None
+        self.heartbeat = heartbeat or Heartbeat(redis, namespace)
+        me = this_process()
+        self.token = f"{uuid.uuid4().hex} {me.host} {me.pid} {me.start} {self.heartbeat.token}"
+        self.lost: str | None = None  # why the lock is no longer ours
+        self._refreshed = time.monotonic()
         self._release = scripts.load(redis, "delete_if_equal")
         self._extend = scripts.load(redis, "expire_if_equal")
         self._replace = scripts.load(redis, "replace_if_equal")
@@ -46,8 +70,16 @@ class MigrationLock:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "MigrationLock":
-        if not self.redis.set(self.key, self.token, nx=True, ex=self.ttl) and not self._take_over():
-            raise LockBusy(f"another job is already migrating {self.what}; will retry")
+        if self._own_heartbeat:
+            self.heartbeat.start()
+        try:
+            if not self.redis.set(self.key, self.token, nx=True, ex=self.ttl) and not self._take_over():
+                raise LockBusy(f"another job is already migrating {self.what}; will retry")
+        except BaseException:
+            if self._own_heartbeat:
+                self.heartbeat.stop()
+            raise
+        self._refreshed = time.monotonic()
         self._thread = threading.Thread(target=self._refresh, daemon=True, name="lock-refresh")
         self._thread.start()
         return self
@@ -60,73 +92,95 @@ class MigrationLock:
         while True:
             try:
                 self._release(keys=[self.key], args=[self.token])
-                return
+                break
             except redis.RedisError as error:
                 if time.monotonic() > deadline:
                     log.warning("could not release the lock %s (%s); it expires within %ss", self.key, error, self.ttl)
-                    return
+                    break
                 time.sleep(1.0)
+        if self._own_heartbeat:
+            self.heartbeat.stop()
+
+    def check(self, before: str = "its next step") -> None:
+        """Raise LockLost unless the lock is still ours: asked of Redis, or, while Redis does not
+        answer, judged by the last refresh."""
+        if self.lost is None:
+            try:
+                held = self.redis.get(self.key)
+            except redis.RedisError:
+                pass  # the refresh thread counts the time without an answer
+            else:
+                if _text(held) != self.token:
+                    self._lose(held)
+        if self.lost is not None:
+            raise LockLost(f"lost the lock for {self.what} ({self.lost}); stopped before {before}")
 
     def _take_over(self) -> bool:
-        """Take the lock of a holder that died on this host (same host, its process gone)."""
+        """Take the lock of a holder that certainly stopped (see the module docstring)."""
         held = self.redis.get(self.key)
         if held is None:
             return bool(self.redis.set(self.key, self.token, nx=True, ex=self.ttl))
-        holder = held.decode("utf-8", "replace") if isinstance(held, bytes) else str(held)
-        if not holder_is_dead(holder, self.host):
+        holder = _text(held)
+        if not holder_is_dead(holder, self.redis, self.namespace, self.heartbeat.token):
             return False
         if not self._replace(keys=[self.key], args=[holder, self.token, self.ttl]):
             return False
-        log.warning("took over the lock for %s from a process that died (%s)", self.what, _who(holder))
+        log.warning("took over the lock for %s from a job that stopped (%s)", self.what, _who(holder))
         return True
 
     def _refresh(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        failing = False
+        while not self._stop.wait(min(self.ttl / 3, RETRY_REFRESH) if failing else self.ttl / 3):
             try:
-                self._extend(keys=[self.key], args=[self.token, self.ttl])
-            except Exception:
-                pass  # Redis away for a moment: the next round tries again
+                refreshed = self._extend(keys=[self.key], args=[self.token, self.ttl])
+                held = None if refreshed else self.redis.get(self.key)
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("could not refresh the lock for %s (%s); trying again every %.0fs", self.what, exc,
+                                min(self.ttl / 3, RETRY_REFRESH))
+                failing = True
+                if time.monotonic() - self._refreshed >= self.ttl:
+                    self.lost = self.lost or f"not refreshed for {self.ttl} s: Redis did not answer"
+                    log.error("job lock: lost the lock for %s (%s)", self.what, self.lost)
+                    return
+                continue
+            if not refreshed:
+                self._lose(held)
+                return
+            if failing:
+                log.info("refreshed the lock for %s again", self.what)
+            failing, self._refreshed = False, time.monotonic()
+
+    def _lose(self, held: object) -> None:
+        if self.lost is None:
+            self.lost = "it expired" if held is None else "another job holds it now"
+            log.error("job lock: lost the lock for %s (%s)", self.what, self.lost)
 
 
-def holder_is_dead(value: str, host: str) -> bool:
-    """True only for a lock value written by a process of this host that no longer runs."""
-    parts = value.split()
-    if len(parts) != 4 or parts[1] != host or not parts[2].isdigit() or not parts[3].isdigit():
-        return False  # another host (or an unknown format): only the expiry frees it
-    pid, started = int(parts[2]), int(parts[3])
-    now = process_start(pid)
-    if now is None:
-        return True
-    return now != 0 and started != 0 and now != started  # the pid was reused by another process
+def holder_is_dead(value: str, client: Redis, namespace: str, own_worker: str) -> bool:
+    """True only when the holder a lock value names certainly stopped (see the module docstring).
 
-
-def process_start(pid: int) -> int | None:
-    """Start time of a live process (clock ticks since boot), None if there is no such process.
-
-    (pid, start time) names a process even when its pid is reused later.
+    `own_worker`: the token of the asking job's worker.
     """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return _alive_without_proc(pid)
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
+    parts = value.split()
+    if len(parts) != 5 or not parts[2].isdigit() or not parts[3].isdigit():
+        return False  # another format (an older migratio): only its expiry frees it
+    pid, start, token = int(parts[2]), int(parts[3]), parts[4]
+    if token != own_worker:
+        worker = worker_process(client, namespace, token)
+        if worker is None:
+            return True  # its worker's heartbeat is gone
+        if not worker.shares_pids_with(this_process()):
+            return False  # another host or container: alive while its heartbeat is
+    return not runs(pid, start)
 
 
-def _alive_without_proc(pid: int) -> int | None:
-    if os.path.isdir("/proc/self"):
-        return None  # /proc works: the process does not exist
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _text(value: object) -> str | None:
+    if value is None:
         return None
-    except PermissionError:
-        pass
-    return 0
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _who(value: str) -> str:
     parts = value.split()
-    return f"pid {parts[2]} on {parts[1]}" if len(parts) == 4 else "unknown holder"
+    return f"pid {parts[2]} on {parts[1]}, worker {parts[4]}" if len(parts) == 5 else "unknown holder"

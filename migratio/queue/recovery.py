@@ -2,10 +2,12 @@
 
 RQ finds such (abandoned) jobs by itself only after their heartbeat expired (job_monitoring
 interval + 60 s, i.e. 90 s) and at its next registry maintenance (every 10 minutes). A worker
-that starts on the same host as a dead one (systemd restarting it after a crash or a SIGKILL)
-knows better: an execution whose worker has unregistered, or ran on this host under a pid that
-no longer exists, is abandoned now. Those are expired in the StartedJobRegistry and RQ's own
-cleanup retries them (or fails them when no retries are left), exactly as it would later.
+that starts beside a dead one (systemd restarting it after a crash or a SIGKILL) knows better:
+an execution whose worker has unregistered, or whose worker's heartbeat key (see
+migratio.queue.liveness) names this pid namespace and a process that no longer runs, is abandoned
+now; a worker with a heartbeat elsewhere (another host or container, whatever its hostname) is
+not. Those are expired in the StartedJobRegistry and RQ's own cleanup retries them (or fails
+them when no retries are left), exactly as it would later.
 
 The dead worker's scheduler lock is freed the same way: RQ lets it expire (61 s) and a new
 worker only tries again at its next maintenance, so retries scheduled with a backoff would
@@ -27,7 +29,7 @@ from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from migratio.pipeline.status import FAILED, INTERRUPTED, JobInfo, StatusSink
 from migratio.queue import scripts
 from migratio.queue.feedback import wants_feedback
-from migratio.queue.locks import process_start
+from migratio.queue.liveness import process_start, runs, this_process, worker_process
 
 log = logging.getLogger("migratio.recovery")
 
@@ -43,9 +45,10 @@ def pid_alive(pid: int) -> bool:
     return process_start(pid) is not None
 
 
-def find_abandoned(queue: Queue, host: str | None = None,
-                   alive: Callable[[int], bool] = pid_alive) -> list[Abandoned]:
-    """Executions in the queue's StartedJobRegistry whose worker is certainly gone."""
+def find_abandoned(queue: Queue, host: str | None = None, alive: Callable[[int], bool] = pid_alive, *,
+                   namespace: str) -> list[Abandoned]:
+    """Executions in the queue's StartedJobRegistry whose worker is certainly gone (`namespace`:
+    where the workers' heartbeat keys are)."""
     host = host or socket.gethostname()
     registry = StartedJobRegistry(queue.name, connection=queue.connection)
     found = []
@@ -53,16 +56,17 @@ def find_abandoned(queue: Queue, host: str | None = None,
         worker_name = _worker_of(queue.connection, job_id, execution_id)
         if not worker_name:
             continue  # no record of who runs it: RQ's heartbeat expiry decides
-        why = _why_dead(queue.connection, worker_name, host, alive)
+        why = _why_dead(queue.connection, worker_name, host, alive, namespace)
         if why:
             found.append(Abandoned(job_id, f"{job_id}:{execution_id}", why))
     return found
 
 
 def recover_abandoned(queue: Queue, config_name: str, status: StatusSink | None = None,
-                      host: str | None = None, alive: Callable[[int], bool] = pid_alive) -> list[str]:
+                      host: str | None = None, alive: Callable[[int], bool] = pid_alive, *,
+                      namespace: str) -> list[str]:
     """Hand the abandoned jobs of `queue` to RQ's cleanup now; returns their ids."""
-    abandoned = find_abandoned(queue, host, alive)
+    abandoned = find_abandoned(queue, host, alive, namespace=namespace)
     if not abandoned:
         return []
     registry = StartedJobRegistry(queue.name, connection=queue.connection)
@@ -91,12 +95,19 @@ def free_dead_scheduler_lock(queue: Queue, host: str | None = None,
     return False
 
 
-def _why_dead(redis: Redis, worker_name: str, host: str, alive: Callable[[int], bool]) -> str | None:
+def _why_dead(redis: Redis, worker_name: str, host: str, alive: Callable[[int], bool],
+              namespace: str) -> str | None:
     data = redis.hgetall(Worker.redis_worker_namespace_prefix + worker_name)
     if not data:
         return f"worker {worker_name} is gone"
     if data.get(b"death"):
         return f"worker {worker_name} has shut down"
+    worker = worker_process(redis, namespace, worker_name)  # migratio names its RQ workers by their token
+    if worker is not None:
+        if worker.shares_pids_with(this_process()) and not runs(worker.pid, worker.start):
+            return f"worker {worker_name} (pid {worker.pid} on {worker.host}) died"
+        return None
+    # no heartbeat: a migratio worker that stopped beating, or one from before heartbeats
     pid = data.get(b"pid", b"").decode()
     if data.get(b"hostname", b"").decode() == host and pid.isdigit() and not alive(int(pid)):
         return f"worker {worker_name} (pid {pid} on {host}) died"

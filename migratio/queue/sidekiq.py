@@ -64,6 +64,12 @@ class MigrationRequest:
         """The destination type Atmosphere believes the site has (from the class name)."""
         return MIGRATORS[self.klass]
 
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the RQ job made of it keeps in its meta."""
+        return {"source": "atmosphere", "sidekiq_jid": self.jid, "sidekiq_class": self.klass,
+                "sidekiq_created_at": self.created_at}
+
 
 def new_jid() -> str:
     """A job id like Sidekiq's own: SecureRandom.hex(12)."""

@@ -1,4 +1,6 @@
-"""Reading jobs back for operators: what `migratio status` shows."""
+"""Reading jobs back for operators: what `migratio status` shows, and the dead letters."""
+
+import json
 
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,6 +12,7 @@ from rq.job import Job
 from rq.rate_limit import RateLimitRegistry
 
 from migratio.errors import InvalidInput
+from migratio.queue.keys import dead_key
 
 REGISTRIES = ("started", "queued", "rate_limited", "scheduled", "failed", "finished")
 
@@ -98,3 +101,8 @@ def _last_line(job: Job) -> str | None:
     text = job.latest_result().exc_string if job.latest_result() else None
     lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
     return lines[-1] if lines else None
+
+
+def dead_letters(client, namespace: str, count: int = 100) -> list[dict[str, Any]]:
+    """The newest `count` dead-letter entries (what an operator would inspect)."""
+    return [json.loads(entry) for entry in client.lrange(dead_key(namespace), 0, count - 1)]

@@ -16,11 +16,12 @@ from migratio.local.workdirs import remove_stale
 from migratio.pipeline.recorder import NullRecorder, Recorder
 from migratio.pipeline.services import Services, default_services, preload
 from migratio.pipeline.status import FanOut, LogSink, StatusSink
-from migratio.queue.connections import feedback_client, ingest_client
+from migratio.queue.connections import feedback_client, heartbeat_client, ingest_client
 from migratio.queue.enqueue import migration_queue
 from migratio.queue.feedback import FeedbackRelay, FeedbackSink
 from migratio.queue.ingest import Ingest
 from migratio.queue.job import bind_app
+from migratio.queue.liveness import Heartbeat
 from migratio.queue.metrics import Metrics, WorkerGauges, open_metrics
 from migratio.queue.migration import App, count_crashed
 from migratio.queue.recovery import free_dead_scheduler_lock, recover_abandoned
@@ -61,6 +62,7 @@ class MigratioWorker(Worker):
     """
 
     after_job: Callable[[], None] | None = None
+    redact: Callable[[str], str] = Redactor()  # run_worker sets the App's (it knows the secrets by value)
     redis_outage_wait: float = REDIS_OUTAGE_WAIT
     revive_scheduler: bool = False  # not in burst mode, where the scheduler runs inline once
     metrics: Metrics | None = None
@@ -117,6 +119,10 @@ class MigratioWorker(Worker):
         except (redis.ConnectionError, redis.TimeoutError):
             pass  # the next heartbeat tries again
 
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None) -> None:
+        """RQ keeps `exc_string`, the failed job's traceback, in Redis (exc_info): redacted first."""
+        super().handle_job_failure(job, queue, started_job_registry, self.redact(exc_string), execution)
+
     def handle_execution_ended(self, job, queue, heartbeat_ttl) -> None:
         wait_for_redis(self.connection, self.redis_outage_wait, f"record the outcome of job {job.id}")
         super().handle_execution_ended(job, queue, heartbeat_ttl)
@@ -133,15 +139,18 @@ def run_worker(app: App, burst: bool = False, worker_class: type[Worker] = Migra
     bind_app(app)
     preload()
     queue = migration_queue(app.config, app.redis)
-    worker = worker_class([queue], connection=app.redis)
+    recover(app, queue)
+    heartbeat = app.heartbeat = Heartbeat(heartbeat_client(app.config.redis_url), app.config.namespace)
+    worker = worker_class([queue], connection=app.redis, name=heartbeat.token)  # recovery reads its heartbeat
     with ExitStack() as stack:
         if isinstance(app.metrics, Metrics):
             stack.enter_context(exporting(app, app.metrics, worker, queue.key))
-        recover(app, queue)
         if isinstance(worker, MigratioWorker):
             worker.after_job = lambda: flush_status(app.status, FEEDBACK_FLUSH)
+            worker.redact = app.redact
             worker.revive_scheduler = not burst
         log.info("worker %s (pid %s) consuming %s", worker.name, os.getpid(), queue.name)
+        stack.enter_context(beating(heartbeat))
         stack.enter_context(relaying(app.config, app.metrics))
         if ingest:
             stack.enter_context(ingesting(app, burst))
@@ -162,6 +171,18 @@ def exporting(app: App, metrics: Metrics, worker: Worker, queue_key: str) -> Ite
     finally:
         metrics.stop()
         client.close()
+
+
+@contextmanager
+def beating(heartbeat: Heartbeat) -> Iterator[Heartbeat]:
+    """This worker's heartbeat for the duration (see migratio.queue.liveness); the locks of its
+    jobs name its token. It has a Redis client of its own, closed at the end."""
+    heartbeat.start()
+    try:
+        yield heartbeat
+    finally:
+        heartbeat.stop()
+        heartbeat.redis.close()
 
 
 @contextmanager
@@ -205,7 +226,7 @@ def ingesting(app: App, burst: bool) -> Iterator[Ingest]:
 def recover(app: App, queue) -> None:
     """At start: hand back jobs a dead worker of this host left started, then remove temp dirs
     of jobs that no longer run (work_dir is shared by this host's workers)."""
-    for job_id in recover_abandoned(queue, app.config.name, app.status):
+    for job_id in recover_abandoned(queue, app.config.name, app.status, namespace=app.config.namespace):
         log.warning("job %s was left running by a worker that died: handed back to RQ", job_id)
     free_dead_scheduler_lock(queue)  # else retries scheduled with a backoff wait for its expiry
     remove_stale(app.config.work_dir, lambda: started_job_ids(app.redis))

@@ -28,8 +28,8 @@ def build_steps(site: Site) -> list[Step]:
     """The site's pipeline as step objects.
 
     Raises:
-        ConfigError: naming the site conf, for an unknown step (listing the valid ones) or a step
-            placed before every step that provides what it needs.
+        ConfigError: naming the site conf, for an unknown step (listing the valid ones), a step
+            placed before every step that provides what it needs, or a step the conf lacks keys for.
     """
     names = site.pipeline or DEFAULT_PIPELINES[site.type]
     known = REGISTRY[site.type]
@@ -45,4 +45,7 @@ def build_steps(site: Site) -> list[Step]:
         providers = " or ".join(f"'{n}'" for n, s in known.items() if fact in s.provides)
         raise ConfigError(f"{site.path}: step '{step.name}' in pipeline for type {site.type} needs {fact.value}: "
                           f"put {providers} before it")
+    problem = next(filter(None, (known[n].conf_problem(site) for n in names)), None)
+    if problem:
+        raise ConfigError(f"{site.path}: {problem}")
     return [known[n]() for n in names]

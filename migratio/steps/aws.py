@@ -76,7 +76,7 @@ class Import(Step):
     """Makes the AMI: EBS direct (snapshot + RegisterImage) or VM Import, as the site conf says."""
 
     name = "import"
-    needs = frozenset({Fact.IMAGE, Fact.PAYLOAD})
+    needs = frozenset({Fact.IMAGE, Fact.INSPECTED, Fact.PAYLOAD})
     provides = frozenset({Fact.DEST_IMAGE})
 
     def run(self, ctx: Context) -> str | None:

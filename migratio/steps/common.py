@@ -38,15 +38,17 @@ class Locate(Step):
 
 
 class Inspect(Step):
-    """qemu-img info: refuses backing files, external data files and absurd virtual sizes."""
+    """qemu-img info: refuses content that is not its disk_format, backing files, external data files,
+    multi-file VMDKs and virtual sizes over max_virtual_size."""
 
     name = "inspect"
     needs = frozenset({Fact.IMAGE})
+    provides = frozenset({Fact.INSPECTED})
 
     def run(self, ctx: Context) -> str | None:
         image = ctx.require_image()
-        data = qemu.info(ctx.commands, image.path, image.disk_format)
-        image.virtual_size = qemu.check_safe(data, image.path)
+        data = qemu.info(ctx.commands, image.path, image.disk_format, image.id)
+        image.virtual_size = qemu.check_safe(data, image.path, ctx.config.max_virtual_size, image.id)
         return f"Image inspected ({image.disk_format}, virtual size {whole_mib(image.virtual_size)})"
 
 
@@ -54,7 +56,7 @@ class Convert(Step):
     """Converts to the destination's disk format when it asks for another one."""
 
     name = "convert"
-    needs = frozenset({Fact.IMAGE})
+    needs = frozenset({Fact.IMAGE, Fact.INSPECTED})
     provides = frozenset({Fact.PAYLOAD})
 
     def target_format(self, ctx: Context) -> str | None:

@@ -12,16 +12,19 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from migratio import origin as origins
-from migratio.errors import ConfigError, PermanentError, VerificationFailed
+from migratio.conf.sites import Site
+from migratio.errors import ConfigError, PermanentError, UnsafeImage, VerificationFailed
 from migratio.local import hashes
-from migratio.openstack import rsync, stream
+from migratio.openstack import rsync, staging_space
 from migratio.openstack.destination import open_destination
+from migratio.openstack.glance_cli import table_safe
 from migratio.openstack.glance_protocol import Glance, ImageRecord, NewImage, Payload, StreamCommands
-from migratio.openstack.openssh import ssh_argv
-from migratio.origin import SOURCE_UUID
 from migratio.pipeline.context import Context, Fact
 from migratio.pipeline.runner import Step
+from migratio.steps.common import SPACE_MARGIN
 from migratio.steps.openstack_compare import PAYLOAD_MD5, copy_is_right, mismatch
+from migratio.steps.openstack_copies import copies
+from migratio.steps.openstack_stream import stream_into_glance
 from migratio.units import whole_mib
 
 STALE = frozenset({"queued", "saving", "killed", "uploading", "importing"})  # left by a crashed run
@@ -36,7 +39,8 @@ class Dedupe(Step):
     """One filtered list call: an active copy with the right bytes ends the job as 'already present'.
 
     Glance filters on one property set per call, so the call asks for source_uuid only and a copy
-    counts as ours when source_t or source_cs (older copies have only that) names this site.
+    counts as ours when source_t or source_cs (older copies have only that) names this site and
+    the project we register into owns it (see migratio.steps.openstack_copies).
 
     Non-active copies (queued/saving/killed, from a crashed earlier run) and active copies whose
     size or hash differ from what would be sent are deleted, so a migration never leaves two
@@ -47,8 +51,11 @@ class Dedupe(Step):
     needs = frozenset({Fact.IMAGE})
 
     def run(self, ctx: Context) -> str | None:
+        refuse_table_unsafe_names(ctx)
+        if ctx.site.openstack.register.via == "ssh" and ctx.retries_left < ctx.config.retries:
+            _remove_staged_at_the_end(ctx)  # a retry: an earlier attempt may have left a partial copy
         with destination(ctx) as dest:
-            found = [i for i in dest.find(copies_filter(ctx)) if _is_ours(i, ctx)]
+            found = copies(ctx, dest)
             for image in found:
                 if image.get("status") in STALE:
                     ctx.log.warning("deleting leftover image %s (%s) on %s", image["id"], image["status"], ctx.site.id)
@@ -79,25 +86,26 @@ class Transfer(Step):
     """
 
     name = "transfer"
-    needs = frozenset({Fact.IMAGE, Fact.PAYLOAD})
+    needs = frozenset({Fact.IMAGE, Fact.INSPECTED, Fact.PAYLOAD})
 
     def run(self, ctx: Context) -> str | None:
         options = ctx.site.openstack
         if options.register.via == "api":
             return None
         payload, remote_path = ctx.require_payload(), staged_path(ctx)
-        remove = f"remove staged file {remote_path} on {options.host}"
-        # kept when the job will be retried: rsync --partial resumes from what already arrived
-        ctx.on_exit(remove, lambda: _remote(ctx, ["rm", "-f", "--", remote_path], "rm of the staged file"),
-                    keep_for_retry=True)
+        with ctx.services.remote(options) as shell:  # before anything is staged: what it will really take
+            staging_space.ensure_free(shell, options.staging_dir, staging_space.staged_bytes(payload) + SPACE_MARGIN,
+                                      f"staging image {ctx.job.image_id}", ctx.site.id)
+        remove = _remove_staged_at_the_end(ctx)
         commands = _stream_commands(ctx, payload) if options.stream and not options.compress else None
-        if commands is None:
-            _remote(ctx, ["mkdir", "-p", "--", options.staging_dir], "mkdir of the staging dir")
-        else:
-            line = _stream(ctx, commands, payload, remote_path)
+        if commands is not None:  # (ensure_free made the staging dir)
+            created: list[str] = []
+            ctx.on_failure(REGISTER_CLEANUP, lambda: _delete_created(ctx, created))  # before anything exists
+            line = stream_into_glance(ctx, commands, payload, remote_path, created)
             if line:
                 ctx.forget_exit_action(remove)  # the head node removed it once Glance had the image
                 return line
+            ctx.forget_failure_action(REGISTER_CLEANUP)  # nothing was made: the register step makes it
         size = payload.stat().st_size
         argv = rsync.rsync_argv(payload, remote_path, options, ctx.site.limits.bandwidth_limit)
         start = ctx.clock()
@@ -156,13 +164,23 @@ class BootCheck(Step):
     name = "boot-check"
     needs = frozenset({Fact.DEST_IMAGE})
 
+    @classmethod
+    def conf_problem(cls, site: Site) -> str | None:
+        """A flavor to boot, and the destination's own credentials (never this site's OS_*)."""
+        if site.openstack.boot_check is None:
+            return "pipeline has 'boot-check' but no 'boot_check' section"
+        if site.openstack.register.cloud is None:
+            return ("step 'boot-check' needs key 'register.cloud' (the destination's clouds.yaml cloud): "
+                    "without it the server would boot with this site's credentials")
+        return None
+
     def run(self, ctx: Context) -> str | None:
         options = ctx.site.openstack
-        check = options.boot_check
-        if check is None:
-            raise ConfigError(f"{ctx.site.path}: pipeline has 'boot-check' but no 'boot_check' section")
+        check, cloud = options.boot_check, options.register.cloud
+        if check is None or cloud is None:
+            raise ConfigError(f"{ctx.site.path}: {self.conf_problem(ctx.site)}")
         image_id = ctx.require_dest_image_id()
-        nova = ctx.services.nova(options.register.cloud)
+        nova = ctx.services.nova(cloud)
         nova.site = ctx.site.id
         server_id = nova.boot(f"migratio-boot-check-{image_id[:8]}", image_id, check.flavor, check.network)
         try:
@@ -184,8 +202,20 @@ def destination(ctx: Context) -> AbstractContextManager[Glance]:
     return open_destination(ctx.site.openstack, ctx.site.id, ctx.services.glance, ctx.services.remote)
 
 
+def refuse_table_unsafe_names(ctx: Context) -> None:
+    """A source property name that a glance table would show as another one (" id", "status ") is
+    refused before anything is sent: read back through the glance CLI, it could stand for that field."""
+    image = ctx.require_image()
+    unsafe = sorted(name for name in image.properties if not table_safe(name))
+    if unsafe:
+        raise UnsafeImage(f"image {image.id} has a property named {unsafe[0]!r}: a glance table would show it as "
+                          "another name (spaces around it, a line break or '|'); refused, rename it on "
+                          f"{ctx.config.name}")
+
+
 def record_fields(ctx: Context) -> NewImage:
     """The destination record: the source's name, formats, minimums and properties + our origin."""
+    refuse_table_unsafe_names(ctx)  # (dedupe did already, unless the pipeline has none)
     image, payload = ctx.require_image(), ctx.require_payload()
     properties = dest_properties(ctx)
     if payload != image.path:  # converted: a later dedupe checks the copy against this claim
@@ -200,45 +230,8 @@ def _stream_commands(ctx: Context, payload: Path) -> StreamCommands | None:
         return dest.stream_commands(image, payload.stat().st_size)
 
 
-def _stream(ctx: Context, commands: StreamCommands, payload: Path, remote_path: str) -> str | None:
-    """Pipe the payload over ssh into the destination Glance on the head node (see migratio.openstack.stream).
-
-    None (nothing registered: rsync it) when an earlier attempt left a partial staged copy to resume.
-    """
-    options, size = ctx.site.openstack, payload.stat().st_size
-    line = stream.remote_line(commands, remote_path, size, options.remote_env_file)
-    limit = ctx.site.limits.bandwidth_limit
-    start = ctx.clock()
-
-    def progress(done: int) -> None:
-        elapsed = ctx.clock() - start
-        ctx.sending(done, size, done / elapsed if elapsed > 0 else None)
-
-    result = ctx.commands.run(ssh_argv(options, line), what="ssh stream", check=False,
-                              feed=stream.feeder(payload, limit * 1024 if limit else None, progress))
-    if result.returncode == stream.PARTIAL_STAGED:
-        ctx.log.info("a partial copy of an earlier attempt is staged: resuming it with rsync")
-        return None
-    image_id = stream.created_id(result.stdout)
-    created = [image_id] if image_id else []
-    ctx.on_failure(REGISTER_CLEANUP, lambda: _delete_created(ctx, created))
-    error = stream.outcome(result.returncode, result.stdout, result.stderr_tail, options, ctx.site.id)
-    if error:
-        raise error
-    if not image_id:
-        raise PermanentError(f"remote glance image-create on {ctx.site.id}: no image id in its output")
-    ctx.dest_image_id, ctx.already_present = image_id, False
-    took = ctx.clock() - start
-    return f"Image transferred ({whole_mib(size)} in {took:.0f} s, streamed into Glance on {ctx.site.id})"
-
-
 def origin(ctx: Context) -> dict[str, str]:
     return origins.origin(ctx.job.image_id, ctx.config.name)
-
-
-def copies_filter(ctx: Context) -> dict[str, str]:
-    """The destination list filter for copies of this image (the site key is checked by _is_ours)."""
-    return {SOURCE_UUID: ctx.job.image_id}
 
 
 def dest_properties(ctx: Context) -> dict[str, str]:
@@ -258,7 +251,8 @@ def staged_path(ctx: Context) -> str:
     """One name per (image, source site, format) in the destination's staging dir: a retried or
     repeated job finds the partial file an interrupted rsync left and resumes from it (the
     per (image, destination) lock keeps two jobs from writing it at once)."""
-    name = f"{ctx.job.image_id}-{ctx.config.name}.{ctx.payload_format}"
+    fmt = ctx.payload_format or ctx.site.openstack.disk_format or ctx.require_image().disk_format  # (convert's)
+    name = f"{ctx.job.image_id}-{ctx.config.name}.{fmt}"
     return posixpath.join(ctx.site.openstack.staging_dir, name)
 
 
@@ -271,19 +265,26 @@ def _settled(ctx: Context, dest: Glance, image_id: str) -> ImageRecord:
         time.sleep(2)
 
 
-def _is_ours(image: ImageRecord, ctx: Context) -> bool:
-    return origins.is_copy(image, ctx.job.image_id, ctx.config.name)
-
-
 def _delete_created(ctx: Context, created: list[str]) -> None:
     with destination(ctx) as dest:
         if created:
             for image_id in created:
                 dest.delete(image_id)
             return
-        for image in dest.find(copies_filter(ctx)):  # the id never came back: find what this run left
-            if _is_ours(image, ctx) and image.get("status") != "active":
+        for image in copies(ctx, dest):  # the id never came back: find what this run left
+            if image.get("status") != "active":
                 dest.delete(str(image["id"]))
+
+
+def _remove_staged_at_the_end(ctx: Context) -> str:
+    """Removes the staged file when the job ends, unless a retry will resume it (rsync --partial);
+    returns the cleanup's label (registered once, however often this is called)."""
+    options, remote_path = ctx.site.openstack, staged_path(ctx)
+    label = f"remove staged file {remote_path} on {options.host}"
+    ctx.forget_exit_action(label)
+    ctx.on_exit(label, lambda: _remote(ctx, ["rm", "-f", "--", remote_path], "rm of the staged file"),
+                keep_for_retry=True)
+    return label
 
 
 def _remote(ctx: Context, argv: list[str], what: str) -> None:
