@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 MB = 1e6
 SSH_SHIM = """#!/bin/sh
-# benchmark shim: the real ssh, logging (not printing) what it transferred, see bench/measure.py
-exec {ssh} -E "${{BENCH_SSH_LOG:-/dev/null}}" -o LogLevel=VERBOSE "$@"
+# benchmark shim: the real ssh, logging (not printing) what it transferred, see bench/measure.py.
+# migratio gives its children a minimal environment (no BENCH_SSH_LOG): they find the log in log-path.
+log="${{BENCH_SSH_LOG:-$(cat {log_path} 2>/dev/null)}}"
+exec {ssh} -E "${{log:-/dev/null}}" -o LogLevel=VERBOSE "$@"
 """
+LOG_PATH = "log-path"  # the current flow's ssh log, for the shim
 TRANSFERRED_RE = re.compile(r"Transferred: sent (\d+), received (\d+) bytes")
 
 
@@ -23,12 +27,13 @@ def write_ssh_shim(directory: Path, ssh: str = "/usr/bin/ssh") -> Path:
     """A directory holding an `ssh` that execs the real one with `-E $BENCH_SSH_LOG -o LogLevel=VERBOSE`.
 
     Put first on PATH, it makes every ssh client (ours, rsync's, the worker's rsync's) append
-    its "Transferred: sent N, received M bytes" line to $BENCH_SSH_LOG. It execs, so it adds
-    no process and no copy to the data path.
+    its "Transferred: sent N, received M bytes" line to $BENCH_SSH_LOG, or to the log named in
+    `log-path` beside it (set by `shim_env`) for children that get a minimal environment. It
+    execs, so it adds no process and no copy to the data path.
     """
     directory.mkdir(parents=True, exist_ok=True)
     shim = directory / "ssh"
-    shim.write_text(SSH_SHIM.format(ssh=ssh))
+    shim.write_text(SSH_SHIM.format(ssh=ssh, log_path=shlex.quote(str(directory / LOG_PATH))))
     shim.chmod(0o755)
     return directory
 
@@ -37,6 +42,7 @@ def shim_env(shim_dir: Path, ssh_log: Path, base: dict | None = None) -> dict[st
     env = dict(os.environ if base is None else base)
     env["PATH"] = f"{shim_dir}:{env.get('PATH', '/usr/bin:/bin')}"
     env["BENCH_SSH_LOG"] = str(ssh_log)
+    (shim_dir / LOG_PATH).write_text(str(ssh_log))  # for children that do not get BENCH_SSH_LOG
     return env
 
 
