@@ -21,6 +21,7 @@ Only jobs that came from Atmosphere get lines (`JobInfo.feedback`): Atmosphere's
 for a template it does not know.
 """
 
+import json
 import logging
 import threading
 import time
@@ -235,5 +236,5 @@ class FeedbackRelay:
 
 
 def stamp(now: float, timestamps: sidekiq.Timestamps) -> str:
-    """`enqueued_at` as Sidekiq writes it: float seconds, or integer milliseconds (Sidekiq 8)."""
-    return str(int(now * 1000)) if timestamps == "milliseconds" else repr(float(now))
+    """`enqueued_at` as JSON text for the scripts, which splice it into the job."""
+    return json.dumps(sidekiq.stamp(now, timestamps))

@@ -121,13 +121,13 @@ def job_payload(klass: str, args: list[Any], queue: str, *, retry: bool | int,
                 timestamps: Timestamps = "seconds") -> dict[str, Any]:
     """A job as Sidekiq's client builds it (before `enqueued_at`, which `push` sets)."""
     return {"retry": retry, "queue": queue, "class": klass, "args": list(args),
-            "jid": jid or new_jid(), "created_at": _stamp(time.time() if now is None else now, timestamps)}
+            "jid": jid or new_jid(), "created_at": stamp(time.time() if now is None else now, timestamps)}
 
 
 def push(redis, namespace: str, payload: dict[str, Any], timestamps: Timestamps = "seconds",
          now: float | None = None) -> None:
     """What Sidekiq::Client#raw_push does: SADD `queues` and LPUSH the job, in one transaction."""
-    item = dict(payload, enqueued_at=_stamp(time.time() if now is None else now, timestamps))
+    item = dict(payload, enqueued_at=stamp(time.time() if now is None else now, timestamps))
     pipe = redis.pipeline(transaction=True)
     pipe.sadd(queues_key(namespace), item["queue"])
     pipe.lpush(queue_key(namespace, item["queue"]), dump(item))
@@ -139,7 +139,8 @@ def dump(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-def _stamp(now: float, timestamps: Timestamps) -> float | int:
+def stamp(now: float, timestamps: Timestamps) -> float | int:
+    """A timestamp as Sidekiq writes it: float seconds, or integer milliseconds (Sidekiq 8)."""
     return int(now * 1000) if timestamps == "milliseconds" else now
 
 

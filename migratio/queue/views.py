@@ -1,7 +1,6 @@
 """Reading jobs back for operators: what `migratio status` shows, and the dead letters."""
 
 import json
-
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
