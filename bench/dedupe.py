@@ -2,8 +2,9 @@
 
 migratio: one filtered list (`glance image-list --property-filter source_uuid=... ...` over one
 ssh connection, the `dedupe` step's own code; and the Glance API variant for `register: via api`).
-legacy:   `glance image-list`, then `glance image-show ID` over ssh for every image (to compare
-checksums). Past `sample` images its per-image calls are sampled and extrapolated.
+legacy:   `glance image-list`, then `glance image-show ID` for every image (to compare checksums),
+in one ssh session as the old scripts did. Past `sample` images the per-image cost (one glance
+CLI start each) is sampled and extrapolated.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.destinations import Destination
-from bench.flows import legacy_checksum, legacy_list
+from bench.flows import legacy_list, remote_checksums
 from migratio.openstack import auth
 from migratio.openstack.destination import open_destination
 from migratio.openstack.glance import GlanceClient
@@ -52,18 +53,19 @@ def migratio_api(glance_url: str, filters: dict) -> float:
 
 
 def legacy(dest: Destination, env: dict, sample: int) -> dict:
+    """The old scripts' remote dedupe: image-list, then image-show per image in one ssh session
+    (transfer.sh lines 42-47); past `sample` images the per-image cost is extrapolated."""
     start = time.monotonic()
     ids = legacy_list(dest, env)
     list_s = time.monotonic() - start
-    shows = []
-    for image_id in ids[:sample]:
-        t0 = time.monotonic()
-        legacy_checksum(dest, image_id, env)
-        shows.append(time.monotonic() - t0)
-    per_show = statistics.mean(shows) if shows else 0.0
-    sampled = len(ids) > len(shows)
+    measured = ids[:sample]
+    t0 = time.monotonic()
+    if measured:
+        remote_checksums(dest, measured, env)
+    per_show = (time.monotonic() - t0) / len(measured) if measured else 0.0
+    sampled = len(ids) > len(measured)
     return {"images_listed": len(ids), "calls": 1 + len(ids), "list_s": list_s, "per_show_s": per_show,
-            "shows_measured": len(shows), "sampled": sampled,
+            "shows_measured": len(measured), "sampled": sampled,
             "total_s": list_s + per_show * len(ids)}
 
 

@@ -1,16 +1,11 @@
-"""The human side of a result: a markdown table, ratios, dedupe cost and the targets met or missed."""
+"""The human side of a result: images, runs, the claim per case, catalogue, dedupe cost, targets."""
 
 from __future__ import annotations
 
+from bench.targets import TARGETS, targets
+
+__all__ = ["TARGETS", "markdown", "targets"]
 MiB = 1024 * 1024
-TARGETS = {
-    "capped": 1.25,         # migratio/ceiling on the capped link
-    "unshaped": 1.5,        # migratio/ceiling unshaped
-    "legacy": 2.0,          # legacy/migratio on the capped link, at least
-    "already_present": 1.0,  # seconds of worker time
-    "rss_mb": 200.0,        # worker peak, MB
-    "rss_growth": 0.10,     # largest image's peak within 10% of the smallest's
-}
 
 
 def _mb(kib) -> str:
@@ -19,6 +14,20 @@ def _mb(kib) -> str:
 
 def _s(x) -> str:
     return "-" if x is None else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _image(run: dict) -> str:
+    return run.get("image", run["size"])
+
+
+def images_table(result: dict) -> list[str]:
+    lines = ["| image | virtual | data MiB | stored MiB (allocated) | zstd -1 ratio of the data |",
+             "|---|---:|---:|---:|---:|"]
+    for i in result["images"]:
+        lines.append(f"| {i.get('label', i['size'])} | {i['virtual_bytes'] / MiB:.0f} MiB | "
+                     f"{i.get('data_bytes', 0) / MiB:.0f} | {i['allocated_bytes'] / MiB:.0f} | "
+                     f"{i.get('zstd1_ratio', '-')} |")
+    return lines
 
 
 def runs_table(result: dict) -> list[str]:
@@ -30,15 +39,16 @@ def runs_table(result: dict) -> list[str]:
             rss = _mb(r.get("peak_rss_kib"))
             if r.get("peak_tree_pss_kib"):
                 rss += f" / {_mb(r['peak_tree_pss_kib'])}"
-            lines.append(f"| {run['case']} | {run['size']} | {flow} | {_s(r['wall_s'])} | "
+            lines.append(f"| {run['case']} | {_image(run)} | {flow} | {_s(r['wall_s'])} | "
                          f"{r['bytes_sent'] / MiB:.0f} | {rate:.1f} | {rss} | {_notes(flow, r)} |")
     return lines
 
 
 def _notes(flow: str, r: dict) -> str:
     if flow == "legacy":
-        return (f"{r.get('format')}; dedupe {_s(r['dedupe_s'])} s ({r['dedupe_calls']} calls), "
-                f"rsync {_s(r['transfer_s'])} s, image-create {_s(r['register_s'])} s")
+        return (f"{r.get('format')} as stored; dedupe x2 {_s(r['dedupe_s'])} s "
+                f"({r.get('dedupe_glance_runs', '-')} glance runs), rsync {_s(r['transfer_s'])} s, "
+                f"image-create {_s(r['register_s'])} s")
     if flow == "glance-floor":
         return "the destination Glance alone: image-create --file on the head node (no link)"
     if flow == "migratio":
@@ -47,17 +57,47 @@ def _notes(flow: str, r: dict) -> str:
     return ""
 
 
-def ratios_table(result: dict) -> list[str]:
-    lines = ["| case | image | migratio/ceiling | migratio/max(ceiling, glance-floor) | legacy/migratio | "
-             "already present, worker s (via ssh / via api) |", "|---|---|---:|---:|---:|---:|"]
+def claims_table(result: dict) -> list[str]:
+    """The claim per case: legacy/migratio (per stored format), migratio/ceiling, migratio/max(link, floor)."""
+    lines = ["| case | RTT ms | image | legacy/migratio | migratio/ceiling | link time s | "
+             "migratio/max(link time, glance floor) | already present, worker s (via ssh / via api) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for run in result["runs"]:
         ratios, m = run["ratios"], run["flows"].get("migratio", {})
         present = m.get("already_present", {}).get("worker_s")
         via_api = m.get("already_present_api", {}).get("worker_s")
-        lines.append(f"| {run['case']} | {run['size']} | {ratios.get('migratio/ceiling', '-')} | "
-                     f"{ratios.get('migratio/max(ceiling,glance-floor)', '-')} | "
-                     f"{ratios.get('legacy/migratio', '-')} | {_s(present)} / {_s(via_api)} |")
+        lines.append(f"| {run['case']} | {run.get('rtt_ms', 0):g} | {_image(run)} | "
+                     f"{ratios.get('legacy/migratio', '-')} | {ratios.get('migratio/ceiling', '-')} | "
+                     f"{_s(ratios.get('link_s'))} | {ratios.get('migratio/max(link,glance-floor)', '-')} | "
+                     f"{_s(present)} / {_s(via_api)} |")
     return lines
+
+
+def proxy_line(result: dict) -> list[str]:
+    p = result.get("proxy_overhead")
+    if not p:
+        return []
+    runs = ", ".join(f"{_s(d)}/{_s(x)}" for d, x in zip(p["direct_runs_s"], p["proxy_runs_s"]))
+    return [f"Proxy overhead: the ceiling ({p['link']}, {p.get('image', '')}, {p['bytes'] / MiB:.0f} MiB, one ssh "
+            f"stream) direct / through bench/delay_proxy.py at 0 ms, back to back: {runs} s; median of the "
+            f"pairs' ratios: {p['overhead'] * 100:+.1f} %.", ""]
+
+
+def catalogue_table(result: dict) -> list[str]:
+    c = result.get("catalogue")
+    if not c:
+        return []
+    lines = ["## Catalogue", "", "| images | workers | wall s | MiB | ceiling MB/s | fixed cost s/job | bound s | "
+             "wall/bound |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| {c.get('images')} | {c.get('workers')} | {_s(c.get('wall_s'))} | {c.get('bytes', 0) / MiB:.0f} | "
+             f"{c.get('ceiling_rate_bps', 0) / 1e6:.1f} | {_s(c.get('fixed_cost_s'))} | {_s(c.get('bound_s'))} | "
+             f"{c.get('ratio', '-')} |", ""]
+    steps = c.get("per_step_s") or {}
+    if steps:
+        lines += ["Fixed cost per step (s): " + ", ".join(f"{k} {_s(v)}" for k, v in steps.items()), ""]
+    lines.append(f"Target: catalogue within {TARGETS['catalogue']}x of bound = bytes / ceiling rate + "
+                 f"images x fixed cost / workers.")
+    return [*lines, ""]
 
 
 def dedupe_table(result: dict) -> list[str]:
@@ -73,65 +113,19 @@ def dedupe_table(result: dict) -> list[str]:
     return lines
 
 
-def targets(result: dict) -> list[dict]:
-    """Each target with its measured value(s) and whether it was met."""
-    out = []
-    runs = result["runs"]
-    for run in runs:
-        ratio = run["ratios"].get("migratio/ceiling")
-        if ratio is not None:
-            limit = TARGETS["capped"] if run["capped"] else TARGETS["unshaped"]
-            out.append({"target": f"migratio/ceiling <= {limit} ({run['case']}, {run['size']})",
-                        "value": ratio, "met": ratio <= limit})
-        ratio = run["ratios"].get("legacy/migratio")
-        if ratio is not None and run["capped"]:
-            out.append({"target": f"legacy/migratio >= {TARGETS['legacy']} ({run['case']}, {run['size']})",
-                        "value": ratio, "met": ratio >= TARGETS["legacy"]})
-        m = run["flows"].get("migratio", {})
-        for key, how in (("already_present", "via ssh"), ("already_present_api", "via api")):
-            present = m.get(key, {}).get("worker_s")
-            if present is not None:
-                out.append({"target": f"already present < {TARGETS['already_present']:g} s of worker time "
-                                      f"({how}; {run['case']}, {run['size']})", "value": present,
-                            "met": present < TARGETS["already_present"]})
-    out += _rss_targets(runs)
-    rows = result.get("dedupe") or []
-    if len(rows) > 1:
-        first, last = rows[0]["migratio_ssh_s"], rows[-1]["migratio_ssh_s"]
-        out.append({"target": f"dedupe flat: one call; time at {rows[-1]['images']} images within 2x of "
-                              f"{rows[0]['images']}", "value": round(last / first, 2),
-                    "met": last <= 2 * first and all(r["migratio_calls"] == 1 for r in rows)})
-    return out
-
-
-def _rss_targets(runs: list[dict]) -> list[dict]:
-    out = []
-    by_case: dict[str, list[dict]] = {}
-    for run in runs:
-        if "migratio" in run["flows"]:
-            by_case.setdefault(run["case"], []).append(run)
-    for case, case_runs in by_case.items():
-        peaks = [(r["size"], r["flows"]["migratio"].get("peak_tree_pss_kib") or
-                  r["flows"]["migratio"]["peak_rss_kib"]) for r in case_runs]
-        top = max(kib for _, kib in peaks) * 1024 / 1e6
-        out.append({"target": f"worker peak < {TARGETS['rss_mb']:g} MB ({case})", "value": round(top, 1),
-                    "met": top < TARGETS["rss_mb"]})
-        if len(peaks) > 1:
-            growth = peaks[-1][1] / peaks[0][1] - 1
-            out.append({"target": f"worker peak flat: {peaks[-1][0]} within 10% of {peaks[0][0]} ({case})",
-                        "value": round(growth, 3), "met": growth <= TARGETS["rss_growth"]})
-    return out
-
-
 def markdown(result: dict) -> str:
     m, o = result["machine"], result["options"]
     cap = f"{o['cap_mbit']:g} Mbit/s" if o["cap_mbit"] else "none"
+    streams = f" migratio site conf streams: {o['streams']}." if o.get("streams") else ""
     lines = [f"# migratio benchmark, {result['started_at']}", "",
              f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, {m['memory_mib']} MiB RAM; "
              f"load average at start {_load(m['loadavg_start'])}, at end {_load(m.get('loadavg_end'))}. "
-             f"Cap on capped cases: {cap}. Images: {', '.join(o['sizes'])} virtual, "
-             f"{o['data_percent']:g}% data. Took {result.get('duration_s', 0) / 60:.0f} min.", "",
-             "## Runs", "", *runs_table(result), "", "## Ratios", "", *ratios_table(result), ""]
+             f"Cap on capped cases: {cap}. Cases: {', '.join(o['cases'])}; raw-store images only at RTT "
+             f"{', '.join(f'{x:g}' for x in o.get('raw_store_rtts', [0]))} ms.{streams} "
+             f"Took {result.get('duration_s', 0) / 60:.0f} min.", "",
+             "## Images", "", *images_table(result), "", *proxy_line(result),
+             "## Runs", "", *runs_table(result), "", "## Claims per case", "", *claims_table(result), "",
+             *catalogue_table(result)]
     if result.get("dedupe"):
         lines += ["## Dedupe check cost", "", *dedupe_table(result), ""]
     lines += ["## Targets", ""]

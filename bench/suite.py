@@ -1,4 +1,4 @@
-"""The benchmark itself: images, cases (link x cap), flows, dedupe cost; returns one result dict."""
+"""The benchmark itself: images, cases (link x cap x RTT), flows, dedupe cost; returns one result dict."""
 
 from __future__ import annotations
 
@@ -6,41 +6,52 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import time
-import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from bench import dedupe, flows
+from bench.cases import CASES, FLOWS, Case, Options, runs_on, split_spec
 from bench.destinations import Destination, NetnsSite, loopback
+from bench.images import Image, prepare_image
+from bench.latency import proxied, proxy_for, proxy_overhead
 from bench.measure import Bytes, mb, shim_env, write_ssh_shim
 from bench.migratio_flow import WorkerProcess, write_config
 from migratio.conf.sites import load_site
-from support.lab.images import make_qcow2, parse_size
-from support.lab.lab import HEAD_TOKEN, Lab
+from support.lab.lab import HEAD_ENV, HEAD_TOKEN, Lab
 
+__all__ = ["CASES", "FLOWS", "Options", "run_bench"]
 MiB = 1024 * 1024
-CASES = {  # name -> (link, capped)
-    "veth-capped": ("veth", True),
-    "veth-unshaped": ("veth", False),
-    "loopback": ("loopback", False),
-    "loopback-capped": ("loopback", True),
-}
-FLOWS = ("ceiling", "glance-floor", "legacy", "migratio")
 ASSUMPTIONS = [
-    "legacy: the old tool sent the image as raw, unsparse bytes (issue 8): the benchmark converts the "
-    "qcow2 to raw beforehand (not timed, as if Glance held it raw) and sends it with plain rsync "
-    "(no -S, no -z, ssh's default cipher) to the head node's tmp dir, then runs "
-    "`glance image-create ... < FILE` there and removes the file; --legacy-format qcow2 sends the "
-    "qcow2 file as is instead",
-    "legacy dedupe: `glance image-list`, then `glance image-show ID` over a new ssh connection per "
-    "image, comparing checksums (one ssh + one glance CLI start per image)",
+    "images: 'realistic' = an ext4 filesystem made with `mke2fs -t ext4 -d DIR` (no mount) from a copy of "
+    "regular files of /usr (sorted walk) up to --data-percent of the virtual size, plus free space; 'random' "
+    "= pseudo-random 1 MiB extents spread over the disk (incompressible). Each is uploaded to site-a's Glance "
+    "in its stored format: qcow2 (converted with qemu-img) or raw (the disk as it is; Glance writes every "
+    "byte, so the store file is the whole disk, zeros included). Every flow reads that same store file",
+    "legacy: the old tool's two scripts (dice-cyfronet/migratio scripts/openstack2openstack-transfer.sh and "
+    "-register.sh, run in that order by lib/migratio/worker/openstack_openstack_migrator.rb). Each script "
+    "first runs the same dedupe pass (lines 34-56 / 34-55): `glance image-list` on the source, one ssh to the "
+    "head node running `glance image-list | ... | while read id; do glance image-show $id | grep checksum; "
+    "done` (lines 42-47, one glance CLI start per destination image in one ssh session), and `glance "
+    "image-show UUID` on the source for its checksum (line 50 / 49): it runs twice",
+    "legacy transfer: `rsync ${IMAGES_DIR}/${image_uuid} HEAD:/tmp/${image_uuid}` (transfer.sh lines 58-59): "
+    "the Glance store file as it is, in its stored format (a qcow2 store sends the qcow2, a raw store sends "
+    "the raw file whole: plain rsync, no -S, no -z), with ssh's default cipher",
+    "legacy register: `glance image-create --name ... --disk-format FMT --container-format bare --property "
+    "source_uuid=... --property source_cs=... < /tmp/${image_uuid}; rm -f /tmp/${image_uuid}` over ssh "
+    "(register.sh lines 66-74); the source's glance CLI runs on the worker's machine against site-a",
     "ceiling: the data extents (SEEK_DATA/SEEK_HOLE) of the image file in site-a's store, piped "
-    "once into `ssh HEAD 'cat > /dev/null'` (cipher --ceiling-cipher); nothing is registered",
+    "once into `ssh HEAD 'cat > /dev/null'` (one ssh stream, cipher --ceiling-cipher); nothing is registered. "
+    "A raw store file is fully allocated, so its ceiling sends the whole disk",
     "glance-floor: what the destination Glance alone needs to take the image in: `glance image-create "
     "--file` over ssh of a copy already on the head node (copied there beforehand, not timed); no "
-    "migration can be faster than max(ceiling, glance-floor)",
+    "migration can be faster than max(link time, glance-floor)",
+    "latency (cases *-10ms*, *-50ms*): bench/delay_proxy.py in front of the head node's sshd holds each "
+    "direction's data for RTT/2 (this kernel has no netem); every ssh connection of every flow to the head "
+    "node goes through it (so ssh's channel window over the RTT is real); the Glance API (the benchmark's "
+    "setup, `register: via api`) is reached directly. Its cost is the 'proxy overhead' line: the ceiling at "
+    "0 ms through the proxy vs. direct",
+    "link time: bytes the ceiling sends / the cap rate on capped cases, the ceiling's wall time otherwise",
     "cap: the same rate for all three, at the transfer itself (tc is not used: this kernel's tbf/htb "
     "undershoot): migratio gets it as its site conf's bandwidth_limit (KiB/s), which paces its ssh "
     "stream (migratio.openstack.stream.Pacer; rsync --bwlimit on its rsync path); legacy: rsync --bwlimit; "
@@ -56,73 +67,38 @@ ASSUMPTIONS = [
 ]
 
 
-@dataclass
-class Options:
-    sizes: list[str] = field(default_factory=lambda: ["4G", "16G"])
-    data_percent: float = 15.0
-    cap_mbit: float | None = 200.0
-    cases: list[str] = field(default_factory=lambda: ["veth-capped", "veth-unshaped", "loopback"])
-    flows: list[str] = field(default_factory=lambda: list(FLOWS))
-    legacy_format: str = "raw"
-    dedupe_counts: list[int] = field(default_factory=lambda: [10, 100, 1000])
-    dedupe_sample: int = 25
-    ceiling_cipher: str = "aes128-gcm@openssh.com"
-    subnet: str | None = None
-
-    @property
-    def cap_bytes(self) -> float | None:
-        return self.cap_mbit * 1e6 / 8 if self.cap_mbit else None
-
-    @property
-    def cap_kib(self) -> int | None:
-        return int(self.cap_bytes // 1024) if self.cap_mbit else None
-
-
-@dataclass
-class Image:
-    size: str
-    virtual_bytes: int
-    data_mib: int
-    id: str
-    checksum: str
-    store_path: Path       # the file in site-a's Glance store: what migratio and the ceiling read
-    file_bytes: int
-    allocated_bytes: int
-    legacy_path: Path      # what the legacy flow sends
-    legacy_format: str
-    prepare_s: dict
-
-
 def run_bench(lab: Lab, opts: Options, scratch: Path, log=print) -> dict:
     """Run every case of `opts` on a started lab; `scratch` holds logs, configs and temp files."""
-    unknown = [c for c in opts.cases if c not in CASES]
-    if unknown:
-        raise ValueError(f"unknown case {unknown[0]!r} (known: {', '.join(CASES)})")
+    opts.check()
     scratch.mkdir(parents=True, exist_ok=True)
     started = time.time()
     result = {"started_at": time.strftime("%FT%T%z"), "machine": machine(), "options": asdict(opts),
               "assumptions": ASSUMPTIONS, "images": [], "runs": [], "dedupe": []}
     shim = write_ssh_shim(scratch / "shim")
+    source_env = write_source_env(lab, scratch)
     images: list[Image] = []
     with contextlib.ExitStack() as stack:
         stack.callback(_drop_images, lab, images)
         for size in opts.sizes:
-            images.append(prepare_image(lab, size, opts, scratch, log))
-            result["images"].append({k: str(v) if isinstance(v, Path) else v
-                                     for k, v in asdict(images[-1]).items()})
+            for spec in opts.images:
+                images.append(prepare_image(lab, size, *split_spec(spec), opts.data_percent, scratch, log))
+                result["images"].append(_image_record(images[-1]))
         dests = {"loopback": loopback(lab, scratch)}
-        if any(CASES[c][0] == "veth" for c in opts.cases):
+        if any(CASES[c].link == "veth" for c in opts.cases):
             log("== starting site-b in a network namespace behind a veth pair")
             netns = NetnsSite(lab, scratch / "netns", opts.subnet)
             stack.callback(netns.stop)
             dests["veth"] = netns.start()
             result["veth"] = netns.link.describe()
-        for case in opts.cases:
-            link, capped = CASES[case]
+        if opts.proxy_overhead and any(CASES[c].rtt_ms for c in opts.cases):
+            result["proxy_overhead"] = measure_overhead(dests, opts, images, scratch, shim, log)
+        for name in opts.cases:
+            case = CASES[name]
             for image in images:
-                log(f"== {case}: {image.size} image ({image.file_bytes / MiB:.0f} MiB qcow2)")
-                result["runs"].append(run_case(lab, dests[link], case, capped, image, opts,
-                                               scratch / case / image.size, shim, log))
+                if runs_on(case, f"{image.kind}-{image.store}", opts):
+                    log(f"== {name}: {image.label} ({image.allocated_bytes / MiB:.0f} MiB stored)")
+                    result["runs"].append(run_case(lab, dests[case.link], name, image, opts, source_env,
+                                                   scratch / name / image.label.replace(" ", "-"), shim, log))
         if opts.dedupe_counts:
             dest = dests.get("veth") or dests["loopback"]
             log(f"== dedupe cost on the {dest.name} destination")
@@ -132,52 +108,66 @@ def run_bench(lab: Lab, opts: Options, scratch: Path, log=print) -> dict:
     return result
 
 
-# --------------------------------------------------------------------------- images
+def _image_record(image: Image) -> dict:
+    record = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(image).items()}
+    record["label"] = image.label
+    return record
 
 
-def prepare_image(lab: Lab, size: str, opts: Options, scratch: Path, log) -> Image:
-    virtual = parse_size(size)
-    data_mib = max(1, int(virtual // MiB * opts.data_percent / 100))
-    log(f"== image {size}: {data_mib} MiB of data, made with qemu-img and uploaded to site-a")
-    made = scratch / f"bench-{size}.qcow2"
-    t0 = time.monotonic()
-    make_qcow2(made, size, data_mib, seed=zlib.crc32(size.encode()))
-    t1 = time.monotonic()
-    try:
-        record = lab.upload_image("site-a", made, f"bench-{size}")
-    finally:
-        made.unlink(missing_ok=True)
-    t2 = time.monotonic()
-    store = lab.site_a.images_dir / record["id"]
-    legacy_path, legacy_format = store, "qcow2"
-    if opts.legacy_format == "raw" and "legacy" in opts.flows:
-        legacy_path, legacy_format = scratch / f"bench-{size}.raw", "raw"
-        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(store), str(legacy_path)],
-                       check=True, capture_output=True)
-    t3 = time.monotonic()
-    return Image(size, virtual, data_mib, record["id"], record["checksum"], store, store.stat().st_size,
-                 flows.allocated_bytes(store), legacy_path, legacy_format,
-                 {"make_s": round(t1 - t0, 1), "upload_s": round(t2 - t1, 1),
-                  "legacy_raw_s": round(t3 - t2, 1)})
+def write_source_env(lab: Lab, scratch: Path) -> Path:
+    """The environment the old scripts' source-side `glance` ran with (their ~/.creds), for site-a."""
+    path = scratch / "source-env.sh"
+    path.write_text(HEAD_ENV.format(site="site-a (the legacy flow's source)", url=lab.site_a.glance_url,
+                                    token=HEAD_TOKEN, bin=Path(lab.info["venv"]) / "bin"))
+    return path
+
+
+def measure_overhead(dests: dict, opts: Options, images: list[Image], scratch: Path, shim: Path, log) -> dict:
+    """The ceiling (unshaped, one ssh stream) direct vs. through the delay proxy at 0 ms."""
+    dest = dests.get("veth") or dests["loopback"]
+    image = max(images, key=lambda i: i.allocated_bytes)
+    directory = scratch / "proxy-overhead"
+    ssh_log = directory / "ssh.log"
+    directory.mkdir(parents=True, exist_ok=True)
+    r = proxy_overhead(dest, image.store_path, shim_env(shim, ssh_log), opts.ceiling_cipher, directory, ssh_log)
+    r["image"] = image.label
+    log(f"== proxy overhead ({dest.name}, {image.label}): ceiling direct {r['direct_s']:.2f} s, through the "
+        f"proxy at 0 ms {r['proxy_s']:.2f} s ({r['overhead'] * 100:+.1f} %)")
+    return r
 
 
 def _drop_images(lab: Lab, images: list[Image]) -> None:
     for image in images:
         with contextlib.suppress(Exception):
             lab.site_a.api().delete_image(image.id)
-        if image.legacy_path != image.store_path:
-            image.legacy_path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- one case
 
 
-def run_case(lab, dest: Destination, case: str, capped: bool, image: Image, opts: Options,
+def run_case(lab, dest: Destination, name: str, image: Image, opts: Options, source_env: Path,
              directory: Path, shim: Path, log) -> dict:
+    case: Case = CASES[name]
     directory.mkdir(parents=True, exist_ok=True)
-    cap_bytes, cap_kib = (opts.cap_bytes, opts.cap_kib) if capped else (None, None)
-    run = {"case": case, "link": dest.name, "capped": capped, "cap_mbit": opts.cap_mbit if capped else None,
-           "size": image.size, "image_id": image.id, "flows": {}}
+    with contextlib.ExitStack() as stack:
+        proxy = None
+        if case.rtt_ms:
+            proxy = stack.enter_context(proxy_for(dest, case.rtt_ms))
+            dest = proxied(dest, proxy, directory)
+        run = run_flows(lab, dest, name, image, opts, source_env, directory, shim, log)
+    if proxy is not None:
+        run["proxy"] = {"rtt_ms": case.rtt_ms, "connections": proxy.connections,
+                        "peak_held_bytes": proxy.held_peak(), "buffer_bytes": proxy.buffer_bytes}
+    return run
+
+
+def run_flows(lab, dest: Destination, name: str, image: Image, opts: Options, source_env: Path,
+              directory: Path, shim: Path, log) -> dict:
+    case: Case = CASES[name]
+    cap_bytes, cap_kib = (opts.cap_bytes, opts.cap_kib) if case.capped else (None, None)
+    run = {"case": name, "link": dest.name, "capped": case.capped, "rtt_ms": case.rtt_ms,
+           "cap_mbit": opts.cap_mbit if case.capped else None, "size": image.size, "kind": image.kind,
+           "store": image.store, "image": image.label, "image_id": image.id, "flows": {}}
     ssh_log = directory / "ssh.log"
     env = shim_env(shim, ssh_log)
     keep = {i["id"] for i in dest.api().list_images()}
@@ -187,31 +177,31 @@ def run_case(lab, dest: Destination, case: str, capped: bool, image: Image, opts
         run["flows"]["ceiling"] = r
         log(f"   ceiling  {_line(r)}")
     if "glance-floor" in opts.flows:
-        r = flows.ingest_floor(dest, image.store_path, "qcow2", env)
+        r = flows.ingest_floor(dest, image.store_path, image.store, env)
         r.update(bytes_sent=0, bytes_source="none (on the head node)")
         run["flows"]["glance-floor"] = r
-        log(f"   glance-floor {r['wall_s']:5.1f} s (the destination Glance taking the qcow2 in, on the head node)")
+        log(f"   glance-floor {r['wall_s']:5.1f} s (the destination Glance taking the {image.store} in)")
     if "legacy" in opts.flows:
-        r = flows.legacy(dest, image.legacy_path, image.legacy_format, image.checksum, cap_kib, env,
+        r = flows.legacy(dest, source_env, image.id, image.store_path, image.store, cap_kib, env,
                          Bytes(ssh_log, dest.link), directory)
-        r["format"] = image.legacy_format
         run["flows"]["legacy"] = r
         dest.delete_images(keep)
-        log(f"   legacy   {_line(r)} (dedupe {r['dedupe_s']:.1f} s, transfer {r['transfer_s']:.1f} s, "
+        log(f"   legacy   {_line(r)} (dedupe x2 {r['dedupe_s']:.1f} s, transfer {r['transfer_s']:.1f} s, "
             f"register {r['register_s']:.1f} s)")
     if "migratio" in opts.flows:
-        run["flows"]["migratio"] = r = run_migratio(lab, dest, image, cap_kib, directory, env, ssh_log)
+        conf = dest.site_conf(**opts.site_extra(case.capped))
+        run["flows"]["migratio"] = r = run_migratio(lab, conf, dest, image, directory, env, ssh_log)
         dest.delete_images(keep)
         log(f"   migratio {_line(r)}; steps {r['steps']}; already present: "
             f"{r['already_present']['worker_s']:.2f} s (via api {r['already_present_api']['worker_s']:.2f} s)")
-    run["ratios"] = ratios(run["flows"])
+    run["ratios"] = ratios(run["flows"], cap_bytes)
     return run
 
 
-def run_migratio(lab, dest: Destination, image: Image, cap_kib: int | None, directory: Path, env: dict,
+def run_migratio(lab, site_conf: dict, dest: Destination, image: Image, directory: Path, env: dict,
                  ssh_log: Path) -> dict:
     """The migration, then the same job again ('already present'), via ssh and via the Glance API."""
-    config = write_config(lab, directory / "migratio", dest.site_conf(bandwidth_limit=cap_kib))
+    config = write_config(lab, directory / "migratio", site_conf)
     with WorkerProcess(config, env, directory / "worker.log") as worker:
         with Bytes(ssh_log, dest.link) as counter:
             job = worker.migrate(image.id)
@@ -245,14 +235,18 @@ def use_api(config: Path, dest: Destination) -> None:
     conf.write_text(json.dumps(site, indent=2))
 
 
-def ratios(results: dict) -> dict:
+def ratios(results: dict, cap_bytes: float | None = None) -> dict:
+    """migratio against the ceiling, against max(link time, glance floor), and legacy against migratio."""
     wall = {name: r["wall_s"] for name, r in results.items()}
     out = {}
     if "migratio" in wall and "ceiling" in wall:
         out["migratio/ceiling"] = round(wall["migratio"] / wall["ceiling"], 2)
+        link = results["ceiling"]["payload_bytes"] / cap_bytes if cap_bytes else wall["ceiling"]
+        out["link_s"] = round(link, 2)
         if "glance-floor" in wall:
-            floor = max(wall["ceiling"], wall["glance-floor"])
-            out["migratio/max(ceiling,glance-floor)"] = round(wall["migratio"] / floor, 2)
+            out["migratio/max(ceiling,glance-floor)"] = round(
+                wall["migratio"] / max(wall["ceiling"], wall["glance-floor"]), 2)
+            out["migratio/max(link,glance-floor)"] = round(wall["migratio"] / max(link, wall["glance-floor"]), 2)
     if "legacy" in wall and "migratio" in wall:
         out["legacy/migratio"] = round(wall["legacy"] / wall["migratio"], 2)
     return out
