@@ -17,6 +17,7 @@ SUFFIX = ".conf"
 # What `host` and `user` may be: never anything ssh could read as an option (a leading '-').
 HOST_LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}\$?")  # POSIX portable names (+ Samba's '$')
+MAX_STREAMS = 16  # `streams: N` at most (`auto` picks at most 8, see migratio.openstack.ranges)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class OpenStackOptions:
     ssh_cipher: str | None = None
     compress: bool = False
     stream: bool = True  # ssh the image straight into `glance image-upload` (not with compress or via api)
+    streams: int | str = 1  # ssh connections the stream uses at once: 1..MAX_STREAMS or "auto" (openstack.ranges)
     connect_timeout: int = 20
 
     @property
@@ -151,6 +153,7 @@ def _site(site_id: str, path: Path, data: object) -> Site:
     if isinstance(options, OpenStackOptions):
         _check_ssh_target(options, path)
         _check_words(options, path)
+        _check_streams(options.streams, path)
     options = _resolve_paths(options, path.parent)
     return Site(site_id, kind, path, options, pipeline, limits)
 
@@ -173,6 +176,12 @@ def _check_words(options: OpenStackOptions, path: Path) -> None:
             raise ConfigError(f"{path}: key '{key}' cannot be split into words: {exc}") from None
         if key == "glance_command" and not words:
             raise ConfigError(f"{path}: key '{key}' is empty")
+
+
+def _check_streams(streams: int | str, path: Path) -> None:
+    if streams != "auto" and not (isinstance(streams, int) and 1 <= streams <= MAX_STREAMS):
+        raise ConfigError(f"{path}: key 'streams' must be a whole number from 1 to {MAX_STREAMS} or 'auto', "
+                          f"got {streams!r:.80}")
 
 
 def _is_host(host: str) -> bool:

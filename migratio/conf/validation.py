@@ -39,7 +39,7 @@ def convert(hint: Any, value: object, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return convert(inner[0], value, where)
+        return _first_fitting(inner, value, where)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -53,6 +53,17 @@ def convert(hint: Any, value: object, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return build(hint, value, where)
     return _scalar(hint, value, where)
+
+
+def _first_fitting(hints: list[Any], value: object, where: str) -> Any:
+    """The value as the first alternative of a union it fits (`int | str`); else the first one's error."""
+    errors = []
+    for hint in hints:
+        try:
+            return convert(hint, value, where)
+        except ConfigError as exc:
+            errors.append(exc)
+    raise errors[0]
 
 
 def _scalar(hint: Any, value: object, where: str) -> Any:

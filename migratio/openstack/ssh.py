@@ -197,6 +197,22 @@ class RemoteShell:
             raise command_failed(f"{label} on {self.where}", code, err, looks_transient(code, err))
         return out
 
+    def round_trip(self, samples: int = 3) -> float:
+        """Seconds of the fastest of `samples` requests the server answers at once (a keepalive
+        global request: no command runs), i.e. about one network round trip."""
+        transport = self.client.get_transport()
+        if transport is None:
+            raise TransientError(f"ssh {self.where}: not connected")
+        times = []
+        try:
+            for _ in range(samples):
+                start = time.monotonic()
+                transport.global_request("keepalive@openssh.com", wait=True)
+                times.append(time.monotonic() - start)
+        except (paramiko.SSHException, socket.error, EOFError) as exc:
+            raise TransientError(f"ssh {self.where}: connection lost ({_text(exc)})") from None
+        return min(times)
+
     def close(self) -> None:
         self.client.close()
 

@@ -19,12 +19,13 @@ from migratio.openstack import rsync, staging_space
 from migratio.openstack.destination import open_destination
 from migratio.openstack.glance_cli import table_safe
 from migratio.openstack.glance_protocol import Glance, ImageRecord, NewImage, Payload, StreamCommands
+from migratio.openstack.ranges import marks_dir
 from migratio.pipeline.context import Context, Fact
 from migratio.pipeline.runner import Step
+from migratio.steps import openstack_ranges
 from migratio.steps.common import SPACE_MARGIN
 from migratio.steps.openstack_compare import PAYLOAD_MD5, copy_is_right, mismatch
 from migratio.steps.openstack_copies import copies
-from migratio.steps.openstack_stream import stream_into_glance
 from migratio.units import whole_mib
 
 STALE = frozenset({"queued", "saving", "killed", "uploading", "importing"})  # left by a crashed run
@@ -80,7 +81,8 @@ class Transfer(Step):
     """Sends the image to the head node (skipped for register via api).
 
     With `stream` (the default) it is piped over ssh straight into the destination Glance, which
-    also registers it; a staged copy is kept on the way for a retry to resume from. Without it,
+    also registers it (over `streams` ssh connections at once: migratio.steps.openstack_ranges); a
+    staged copy is kept on the way for a retry to resume from. Without it,
     with `compress`, or when a partial staged copy of an earlier attempt exists: rsync to the
     staging dir (resumable, --partial), registered by the next step.
     """
@@ -101,7 +103,7 @@ class Transfer(Step):
         if commands is not None:  # (ensure_free made the staging dir)
             created: list[str] = []
             ctx.on_failure(REGISTER_CLEANUP, lambda: _delete_created(ctx, created))  # before anything exists
-            line = stream_into_glance(ctx, commands, payload, remote_path, created)
+            line = openstack_ranges.send(ctx, commands, payload, remote_path, created)
             if line:
                 ctx.forget_exit_action(remove)  # the head node removed it once Glance had the image
                 return line
@@ -282,7 +284,8 @@ def _remove_staged_at_the_end(ctx: Context) -> str:
     options, remote_path = ctx.site.openstack, staged_path(ctx)
     label = f"remove staged file {remote_path} on {options.host}"
     ctx.forget_exit_action(label)
-    ctx.on_exit(label, lambda: _remote(ctx, ["rm", "-f", "--", remote_path], "rm of the staged file"),
+    ctx.on_exit(label, lambda: _remote(ctx, ["rm", "-rf", "--", remote_path, marks_dir(remote_path)],
+                                       "rm of the staged file"),
                 keep_for_retry=True)
     return label
 

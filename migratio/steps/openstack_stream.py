@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from migratio.errors import PermanentError, TransientError
+from migratio.local.commands import Result
 from migratio.openstack import stream
 from migratio.openstack.glance_protocol import StreamCommands
 from migratio.openstack.openssh import ssh_argv
@@ -49,21 +50,26 @@ def stream_into_glance(ctx: Context, commands: StreamCommands, payload: Path, re
     if image_id:
         created.append(image_id)
     if failed:
-        raise _feed_failure(failed[0], payload, ctx.site.id)
+        raise feed_failure(failed[0], payload, ctx.site.id)
     if result.returncode == stream.PARTIAL_STAGED:
         ctx.log.info("a partial copy of an earlier attempt is staged: resuming it with rsync")
         return None
-    error = stream.outcome(result.returncode, result.stdout, result.stderr_tail, options, ctx.site.id)
+    made(ctx, result, image_id)
+    took = ctx.clock() - start
+    return f"Image transferred ({whole_mib(size)} in {took:.0f} s, streamed into Glance on {ctx.site.id})"
+
+
+def made(ctx: Context, result: Result, image_id: str | None) -> None:
+    """The head node's line ended: its failure raised, else the image it made is the job's copy."""
+    error = stream.outcome(result.returncode, result.stdout, result.stderr_tail, ctx.site.openstack, ctx.site.id)
     if error:
         raise error
     if not image_id:
         raise PermanentError(f"remote glance image-create on {ctx.site.id}: no image id in its output")
     ctx.dest_image_id, ctx.already_present = image_id, False
-    took = ctx.clock() - start
-    return f"Image transferred ({whole_mib(size)} in {took:.0f} s, streamed into Glance on {ctx.site.id})"
 
 
-def _feed_failure(exc: Exception, payload: Path, site_id: str) -> Exception:
+def feed_failure(exc: Exception, payload: Path, site_id: str) -> Exception:
     """A payload that could not be read, as a retryable error naming it; anything else as it is."""
     if isinstance(exc, OSError):
         return TransientError(f"reading {payload} to stream it to {site_id} failed: {exc.strerror or exc}")
