@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 LAB ?= .lab
-DEB_PACKAGES := redis-server openssh-server openssh-client qemu-utils rsync ruby-sidekiq \
+DEB_PACKAGES := redis-server openssh-server openssh-client qemu-utils rsync zstd ruby-sidekiq \
                 ruby-redis-namespace systemd procps iproute2 python3-venv logrotate tmux chromium prometheus
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 

@@ -10,6 +10,7 @@ from migratio.check.staging import Leftovers, check_leftovers
 from migratio.conf.config import Config
 from migratio.conf.sites import OpenStackOptions
 from migratio.errors import AuthError, HostKeyError, ImageNotFound, TransientError
+from migratio.openstack import compression
 from migratio.openstack.glance import GlanceClient
 from migratio.openstack.headnode import HeadNodeGlance
 from migratio.openstack.ssh import RemoteShell, check_host_key, last_line
@@ -25,8 +26,9 @@ def run_source(runner: Runner, config: Config, services: Services) -> None:
 
 
 def run_openstack(runner: Runner, site_id: str, opts: OpenStackOptions, services: Services, min_free: int,
-                  leftovers: Leftovers | None = None) -> None:
+                  leftovers: Leftovers | None = None, limit: int | None = None) -> None:
     """Host key, then SSH login, then what needs the login; a failed step skips the ones after it.
+    `limit`: the site's bandwidth_limit (KiB/s), which `compress: auto` depends on.
 
     With `leftovers`, the staging dir must also hold no stale staged file of this site."""
     sid = site_id
@@ -46,6 +48,9 @@ def run_openstack(runner: Runner, site_id: str, opts: OpenStackOptions, services
             runner.probe(f"{sid}: remote glance", lambda: check_remote_glance(shell, opts), remote_glance_fix(opts))
             runner.probe(f"{sid}: glance queries", lambda: check_glance_queries(shell, opts, sid),
                          remote_glance_fix(opts))
+            if opts.stream:
+                runner.probe(f"{sid}: zstd", lambda: check_zstd(shell, opts, sid, limit),
+                             f"install zstd on {opts.host} and on this worker, or set 'compress: false'")
         else:
             runner.probe(f"{sid}: glance api", lambda: check_glance(services.glance(opts.register.cloud), sid),
                          f"check cloud '{opts.register.cloud}' in clouds.yaml")
@@ -138,6 +143,26 @@ def check_glance_queries(shell: RemoteShell, opts: OpenStackOptions, site_id: st
     if glance.cli_reason:
         return f"by the glance CLI, about 1 s each ({opts.remote_python}: {glance.cli_reason})"
     return f"by {opts.remote_python} on {opts.host}, straight from the Glance API"
+
+
+def check_zstd(shell: RemoteShell, opts: OpenStackOptions, site_id: str, limit: int | None) -> str:
+    """Whether the stream can be compressed: zstd on the head node (with the stream's PATH) and here."""
+    if opts.compress is False:
+        return "not used (compress: false): images are streamed uncompressed"
+    remote = compression.remote_version(shell, opts.remote_env_file)
+    local = compression.local_program()
+    missing = " and ".join(w for w, ok in ((f"the head node {opts.host}", remote), ("this worker", local)) if not ok)
+    if missing and opts.compress is True:
+        raise Fail(f"zstd is not installed on {missing}: site {site_id} has 'compress: true', so every stream fails")
+    if missing:
+        return (f"zstd is not installed on {missing}: images to {site_id} are streamed uncompressed "
+                "(compress: auto); install it to compress them on slow links")
+    if opts.compress is True:
+        return f"{remote} on {opts.host}: streams to {site_id} are compressed (compress: true)"
+    when = ("when a sample of the image compresses" if limit and limit <= compression.AUTO_LIMIT else
+            f"only on a link capped at {compression.AUTO_LIMIT} KiB/s (1 Gbit/s) or less, and bandwidth_limit "
+            f"is {limit or 'not set'}: not now")
+    return f"{remote} on {opts.host}: streams to {site_id} are compressed {when} (compress: auto)"
 
 
 def remote_glance_fix(opts: OpenStackOptions) -> str:

@@ -70,7 +70,7 @@ def run_site(runner: Runner, config: Config, site_id: str, services: Services, m
         run_aws(runner, site.id, site.aws, services)
     else:
         leftovers = None if redis is None else Leftovers(config.name, config.lock_ttl, _held(redis, config, site.id))
-        run_openstack(runner, site.id, site.openstack, services, min_free, leftovers)
+        run_openstack(runner, site.id, site.openstack, services, min_free, leftovers, site.limits.bandwidth_limit)
 
 
 def _held(redis: Callable[[], Redis], config: Config, site_id: str) -> Callable[[str], bool]:

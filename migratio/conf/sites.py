@@ -49,8 +49,8 @@ class OpenStackOptions:
     register: RegisterOptions = field(default_factory=RegisterOptions)
     boot_check: BootCheck | None = None
     ssh_cipher: str | None = None
-    compress: bool = False
-    stream: bool = True  # ssh the image straight into `glance image-upload` (not with compress or via api)
+    compress: Literal["auto", True, False] = "auto"  # zstd on the stream (auto: when it pays); rsync's only if true
+    stream: bool = True  # ssh the image straight into `glance image-upload` (not via api)
     streams: int | str = 1  # ssh connections the stream uses at once: 1..MAX_STREAMS or "auto" (openstack.ranges)
     connect_timeout: int = 20
 

@@ -7,7 +7,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Any, Callable, Literal, Mapping, TypeVar
 
 from migratio.errors import ConfigError
 
@@ -40,9 +40,9 @@ def convert(hint: Any, value: object, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _first_fitting(inner, value, where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+    if origin is Literal:  # (by type too: 1 is not true)
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise ConfigError(f"{where} must be one of {', '.join(map(_yaml, args))}, got {_yaml(value, repr)}")
         return value
     if origin is list:
         items = _expect(value, list, "a list", where)
@@ -91,6 +91,11 @@ def _expect(value: object, kind: type, label: str, where: str) -> Any:
     if not isinstance(value, kind):
         raise ConfigError(f"{where} must be {label}, got {_kind(value)}")
     return value
+
+
+def _yaml(value: object, show: Callable[[object], str] = str) -> str:
+    """A value as YAML spells a boolean (true, not True), anything else shown by `show`."""
+    return str(value).lower() if isinstance(value, bool) else show(value)
 
 
 def _kind(value: object) -> str:

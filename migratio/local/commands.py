@@ -68,7 +68,7 @@ class Commands:
         try:
             proc = subprocess.Popen(args, stdin=subprocess.PIPE if feed else subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=env, cwd=cwd,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent)
         except FileNotFoundError:
             raise CommandFailed(f"{label}: command not found: {args[0]} (is it installed and on PATH?)") from None
         except PermissionError:
@@ -162,7 +162,7 @@ def _feed(proc: subprocess.Popen, feed: Callable[[BinaryIO], None], errors: list
             pass
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Children die with the worker: a killed job never leaves an orphan rsync behind."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -30,7 +30,7 @@ def rsync_argv(src: Path, dest_path: str, site: OpenStackOptions, bandwidth_limi
             f"--timeout={IO_TIMEOUT}", "-e", shlex.join(openssh_command(site))]
     if bandwidth_limit:
         argv.append(f"--bwlimit={int(bandwidth_limit)}")
-    if site.compress:
+    if site.compress is True:  # (not with auto: rsync's zstd needs rsync >= 3.2.3 at both ends)
         argv += ["-z", "--zc=zstd", "--zl=1"]
     argv += ["--", str(src), remote_path(site, dest_path)]
     return argv

@@ -15,7 +15,7 @@ from migratio import origin as origins
 from migratio.conf.sites import Site
 from migratio.errors import ConfigError, PermanentError, UnsafeImage, VerificationFailed
 from migratio.local import hashes
-from migratio.openstack import rsync, staging_space
+from migratio.openstack import compression, rsync, staging_space
 from migratio.openstack.destination import open_destination
 from migratio.openstack.glance_cli import table_safe
 from migratio.openstack.glance_protocol import Glance, ImageRecord, NewImage, Payload, StreamCommands
@@ -26,6 +26,7 @@ from migratio.steps import openstack_ranges
 from migratio.steps.common import SPACE_MARGIN
 from migratio.steps.openstack_compare import PAYLOAD_MD5, copy_is_right, mismatch
 from migratio.steps.openstack_copies import copies
+from migratio.steps.openstack_stream import use_compression
 from migratio.units import whole_mib
 
 STALE = frozenset({"queued", "saving", "killed", "uploading", "importing"})  # left by a crashed run
@@ -82,9 +83,10 @@ class Transfer(Step):
 
     With `stream` (the default) it is piped over ssh straight into the destination Glance, which
     also registers it (over `streams` ssh connections at once: migratio.steps.openstack_ranges); a
-    staged copy is kept on the way for a retry to resume from. Without it,
-    with `compress`, or when a partial staged copy of an earlier attempt exists: rsync to the
-    staging dir (resumable, --partial), registered by the next step.
+    staged copy is kept on the way for a retry to resume from; `compress` (auto, true, false) says
+    whether a single stream goes through zstd. Without `stream`, or when a partial staged copy of an
+    earlier attempt exists: rsync to the staging dir (resumable, --partial; zstd with
+    `compress: true`), registered by the next step.
     """
 
     name = "transfer"
@@ -98,12 +100,14 @@ class Transfer(Step):
         with ctx.services.remote(options) as shell:  # before anything is staged: what it will really take
             staging_space.ensure_free(shell, options.staging_dir, staging_space.staged_bytes(payload) + SPACE_MARGIN,
                                       f"staging image {ctx.job.image_id}", ctx.site.id)
+            compress = options.stream and use_compression(
+                ctx, payload, lambda: compression.remote_version(shell, options.remote_env_file))
         remove = _remove_staged_at_the_end(ctx)
-        commands = _stream_commands(ctx, payload) if options.stream and not options.compress else None
+        commands = _stream_commands(ctx, payload) if options.stream else None
         if commands is not None:  # (ensure_free made the staging dir)
             created: list[str] = []
             ctx.on_failure(REGISTER_CLEANUP, lambda: _delete_created(ctx, created))  # before anything exists
-            line = openstack_ranges.send(ctx, commands, payload, remote_path, created)
+            line = openstack_ranges.send(ctx, commands, payload, remote_path, created, compress)
             if line:
                 ctx.forget_exit_action(remove)  # the head node removed it once Glance had the image
                 return line

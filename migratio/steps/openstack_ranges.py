@@ -39,17 +39,21 @@ def stream_count(ctx: Context, shell: RemoteShell) -> int:
     return count
 
 
-def send(ctx: Context, commands: StreamCommands, payload: Path, remote_path: str, created: list[str]) -> str | None:
-    """The transfer step's stream: one ssh stream (migratio.steps.openstack_stream) or several."""
+def send(ctx: Context, commands: StreamCommands, payload: Path, remote_path: str, created: list[str],
+         compress: bool) -> str | None:
+    """The transfer step's stream: one ssh stream (migratio.steps.openstack_stream, zstd with
+    `compress`) or several (never compressed: each would need its own compressor and decoder)."""
     if ctx.site.openstack.streams == 1:
-        return stream_into_glance(ctx, commands, payload, remote_path, created)
+        return stream_into_glance(ctx, commands, payload, remote_path, created, compress)
     with ctx.services.remote(ctx.site.openstack) as shell:  # one connection: the round trip, then the staged file
         count = stream_count(ctx, shell)
         ctx.details["streams"] = count  # in the job's result: what `auto` chose
         listing = shell.check(ranges.prepare_argv(remote_path, payload.stat().st_size),
                               what="preparing the staged file", timeout=60) if count > 1 else ""
     if count == 1:
-        return stream_into_glance(ctx, commands, payload, remote_path, created)
+        return stream_into_glance(ctx, commands, payload, remote_path, created, compress)
+    if compress:
+        ctx.log.info("streams: %d: the ranges are sent uncompressed (compress applies to a single stream)", count)
     return send_in_ranges(ctx, commands, payload, remote_path, created, count, listing)
 
 
