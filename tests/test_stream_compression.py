@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.images import make_image
+from bench.images import make_raw
 from migratio.openstack import compression, glance_cli, stream
 from tests.test_stream import FAKE_GLANCE, IMAGE_ID
 
@@ -19,7 +19,12 @@ WIRE_RE = re.compile(r"^Image transferred \((\d+) MiB in \d+ s, (\d+) MiB on the
 
 def real_files_qcow2(directory: Path) -> Path:
     """64 MiB virtual, about 16 MiB of this machine's /usr in an ext4 filesystem (the benchmark's kind)."""
-    return make_image(directory / "fs.qcow2", "64M", 16, "filesystem", seed=0)
+    raw, qcow2 = directory / "fs.raw", directory / "fs.qcow2"
+    make_raw("realistic", "64M", 16, raw, directory / "files")
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True,
+                   capture_output=True)
+    raw.unlink()
+    return qcow2
 
 
 def test_compressed_feed_is_decoded_by_the_line_into_the_same_bytes(tmp_path):
