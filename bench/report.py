@@ -92,9 +92,10 @@ def catalogue_table(result: dict) -> list[str]:
              f"| {c.get('images')} | {c.get('workers')} | {_s(c.get('wall_s'))} | {c.get('bytes', 0) / MiB:.0f} | "
              f"{c.get('ceiling_rate_bps', 0) / 1e6:.1f} | {_s(c.get('fixed_cost_s'))} | {_s(c.get('bound_s'))} | "
              f"{c.get('ratio', '-')} |", ""]
-    steps = c.get("per_step_s") or {}
-    if steps:
-        lines += ["Fixed cost per step (s): " + ", ".join(f"{k} {_s(v)}" for k, v in steps.items()), ""]
+    for key, label in (("fixed_cost_steps_s", "Fixed cost per step (s, the near-empty image's job)"),
+                       ("per_step_s", "Mean per job and step in the catalogue (s)")):
+        if c.get(key):
+            lines += [f"{label}: " + ", ".join(f"{k} {_s(v)}" for k, v in c[key].items()), ""]
     lines.append(f"Target: catalogue within {TARGETS['catalogue']}x of bound = bytes / ceiling rate + "
                  f"images x fixed cost / workers.")
     return [*lines, ""]

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run [--root .lab] [--sizes 2G] [--quick] [--cap-mbit 200]
                                   [--cases veth-capped,veth-50ms,...] [--images realistic-qcow2,...]
                                   [--streams N|auto] [--subnet 10.231.0.0/30] [--aws]
+                                  [--catalogue 100] [--catalogue-workers 2]
 
 Cases: `veth-*` put site-b (its head node sshd and its Glance) in a network namespace behind a
 veth pair (10.231.0.1/30 <-> 10.231.0.2/30, made and removed by the benchmark; needs root),
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import report
+from bench import catalogue, report
 from bench.cases import CASES, FLOWS, IMAGES, Options
 from bench.suite import run_bench
 from support.lab.lab import Lab
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="512M images, veth-capped, veth-50ms(-capped), "
                                                         "dedupe 10,100: a few minutes")
     p.add_argument("--aws", action="store_true", help="also run bench/aws_ebs.py (ebs-direct against moto)")
+    p.add_argument("--catalogue", type=int, help="small images of the catalogue case (bench/catalogue.py; "
+                                                 "default 100, 20 with --quick, 0 to skip)")
+    p.add_argument("--catalogue-workers", type=int, default=2, help="workers of the catalogue case (default 2)")
     p.add_argument("--out", default=str(HERE / "results"), help="results dir (default bench/results)")
     return p.parse_args(argv)
 
@@ -126,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         lab.start(reuse=args.reuse_lab)
         shutil.rmtree(scratch, ignore_errors=True)
         result = run_bench(lab, opts, scratch, log=lambda line: print(line, flush=True))
+        images = args.catalogue if args.catalogue is not None else 20 if args.quick else 100
+        if images > 0:
+            print(f"== catalogue: {images} small images, {args.catalogue_workers} workers", flush=True)
+            result["catalogue"] = catalogue.run_catalogue(lab, scratch / "catalogue", images, args.catalogue_workers,
+                                                          log=lambda line: print(line, flush=True))
         if args.aws:
             if (HERE / "aws_ebs.py").exists():
                 print("== AWS ebs-direct (bench/aws_ebs.py)", flush=True)

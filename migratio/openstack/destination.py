@@ -7,6 +7,7 @@ alone when `remote_python` is null (CliGlance).
 """
 
 import contextlib
+from contextlib import AbstractContextManager
 from typing import Callable, Iterator
 
 from migratio.conf.sites import OpenStackOptions
@@ -19,12 +20,16 @@ from migratio.openstack.ssh import RemoteShell
 
 @contextlib.contextmanager
 def open_destination(options: OpenStackOptions, site_id: str, api: Callable[[str | None], GlanceClient],
-                     connect: Callable[[OpenStackOptions], RemoteShell]) -> Iterator[Glance]:
-    """The site's destination Glance, its messages naming it `site_id`; an SSH connection is closed on exit.
+                     connect: Callable[[OpenStackOptions], AbstractContextManager[RemoteShell]],
+                     install: bool = False) -> Iterator[Glance]:
+    """The site's destination Glance, its messages naming it `site_id`; `connect`'s connection is left on exit.
 
     Args:
         api: a clouds.yaml cloud name -> its Glance API client (for via: api).
-        connect: opens the SSH connection to the head node (for via: ssh).
+        connect: the SSH connection to the head node, for `with` (for via: ssh): a new one
+            (RemoteShell.connect, closed on exit) or the job's (Context.remote, kept open).
+        install: migratio's client installs itself in staging_dir on its first run (a job: its
+            stream runs it from there without another command).
     """
     if options.register.via == "api":
         client = api(options.register.cloud)
@@ -32,4 +37,5 @@ def open_destination(options: OpenStackOptions, site_id: str, api: Callable[[str
         yield ApiGlance(client)
         return
     with connect(options) as shell:
-        yield HeadNodeGlance(shell, options, site_id) if options.remote_python else CliGlance(shell, options, site_id)
+        yield (HeadNodeGlance(shell, options, site_id, install) if options.remote_python
+               else CliGlance(shell, options, site_id))

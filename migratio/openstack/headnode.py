@@ -43,10 +43,13 @@ class HeadNodeClient:
     ClientUnavailable without running anything again (`unavailable` says why).
     """
 
-    def __init__(self, shell: RemoteShell, options: OpenStackOptions, site_id: str):
+    def __init__(self, shell: RemoteShell, options: OpenStackOptions, site_id: str, install: bool = False):
         self.shell, self.options, self.site = shell, options, site_id
         self.python = shlex.split(options.remote_python or "")
         self.unavailable: str | None = None if self.python else "no remote_python in the site conf"
+        self.answered = False  # it ran here and authenticated (so an install need not probe again)
+        # with `install` (a job), its first run installs it in staging_dir, where the stream runs it
+        self.install_dir, self.installed = (options.staging_dir if install else None), None
 
     def find(self, filters: Mapping[str, str]) -> list[ImageRecord]:
         answer = self._api("find", [f"{key}={value}" for key, value in filters.items()])
@@ -74,20 +77,36 @@ class HeadNodeClient:
 
     def install(self, directory: str) -> str:
         """Puts the client into `directory` on the head node; returns its path there once it authenticated."""
+        if self.installed and directory == self.install_dir:
+            return self.installed  # (by its first run in this job)
         source = client_source()
-        path = posixpath.join(directory, f".migratio-glance-{hashlib.sha256(source).hexdigest()[:12]}.py")
-        self._answer("probe", ["sh", "-c", INSTALL, "sh", directory, path, *self.python, path, "probe"], source)
+        path = installed_path(directory, source)
+        then = ["true"] if self.answered else [*self.python, path, "probe"]  # (it ran in this job: no probe)
+        argv = ["sh", "-c", INSTALL, "sh", directory, path, *then]
+        self._answer("probe", argv, source, json_answer=not self.answered)
         return path
 
     def _api(self, op: str, args: Sequence[str]) -> Any:
-        """The client's JSON answer to `op`."""
-        return self._answer(op, [*self.python, "-", op, *args], client_source())
+        """The client's JSON answer to `op` (the first run of a job's client installs it, in the same command)."""
+        if self.installed:
+            return self._answer(op, [*self.python, self.installed, op, *args], b"")
+        if self.install_dir is None or self.unavailable is not None:
+            return self._answer(op, [*self.python, "-", op, *args], client_source())
+        source = client_source()
+        path = installed_path(self.install_dir, source)
+        answer = self._answer(op, ["sh", "-c", INSTALL, "sh", self.install_dir, path, *self.python, path, op, *args],
+                              source)
+        self.installed = path
+        return answer
 
-    def _answer(self, op: str, argv: list[str], stdin: bytes) -> Any:
+    def _answer(self, op: str, argv: list[str], stdin: bytes, json_answer: bool = True) -> Any:
         if self.unavailable is not None:
             raise ClientUnavailable(self.unavailable)
         code, out, err = self.shell.run(argv, env_file=self.options.remote_env_file, timeout=600, stdin=stdin)
         if code == 0:
+            self.answered = True
+            if not json_answer:
+                return None
             try:
                 return json.loads(out)
             except ValueError:
@@ -104,8 +123,8 @@ class HeadNodeClient:
 class HeadNodeGlance:
     """The destination Glance through its head node: migratio's client there, else the glance CLI."""
 
-    def __init__(self, shell: RemoteShell, options: OpenStackOptions, site_id: str):
-        self.client = HeadNodeClient(shell, options, site_id)
+    def __init__(self, shell: RemoteShell, options: OpenStackOptions, site_id: str, install: bool = False):
+        self.client = HeadNodeClient(shell, options, site_id, install)
         self.cli = CliGlance(shell, options, site_id)
         self.options, self.site = options, site_id
         self._project: str | None = None
@@ -163,6 +182,11 @@ def client_commands(python: Sequence[str], client: str, image: NewImage, size: i
     spec = json.dumps(image, sort_keys=True)
     return StreamCommands(f"{run} create {shlex.quote(spec)}", "head -n 1", f"{run} upload --size={int(size)}",
                           f"{run} delete")
+
+
+def installed_path(directory: str, source: bytes) -> str:
+    """Where the client is installed in `directory` (named by its hash: a new version, a new file)."""
+    return posixpath.join(directory, f".migratio-glance-{hashlib.sha256(source).hexdigest()[:12]}.py")
 
 
 def client_source() -> bytes:

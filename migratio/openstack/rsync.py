@@ -3,7 +3,7 @@
 import re
 import shlex
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from migratio.conf.sites import OpenStackOptions
 from migratio.errors import CommandFailed, StepError, TransientError
@@ -17,7 +17,8 @@ PROGRESS_RE = re.compile(r"^\s*([\d,.]+)\s+(\d+)%\s+([\d.]+)([kMGT]?B)/s\b")
 UNITS = {"B": 1, "kB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
 
 
-def rsync_argv(src: Path, dest_path: str, site: OpenStackOptions, bandwidth_limit: int | None = None) -> list[str]:
+def rsync_argv(src: Path, dest_path: str, site: OpenStackOptions, bandwidth_limit: int | None = None,
+               via: Sequence[str] = ()) -> list[str]:
     """rsync argv sending one file; sparse-aware (-S), resumable (--partial), -t for quick re-runs.
 
     rsync runs the -e command as `... -l USER HOST rsync --server ...`: the user is -l's argument
@@ -25,9 +26,10 @@ def rsync_argv(src: Path, dest_path: str, site: OpenStackOptions, bandwidth_limi
 
     Args:
         bandwidth_limit: KiB/s (rsync --bwlimit), from the site's limits.
+        via: ssh options that make its ssh a client of the job's ControlMaster (MasterShell.ssh_options).
     """
     argv = ["rsync", "--partial", "--sparse", "--times", "--info=progress2", "--no-motd",
-            f"--timeout={IO_TIMEOUT}", "-e", shlex.join(openssh_command(site))]
+            f"--timeout={IO_TIMEOUT}", "-e", shlex.join([*openssh_command(site), *via])]
     if bandwidth_limit:
         argv.append(f"--bwlimit={int(bandwidth_limit)}")
     if site.compress is True:  # (not with auto: rsync's zstd needs rsync >= 3.2.3 at both ends)

@@ -137,7 +137,9 @@ def _load_known_hosts(client: paramiko.SSHClient, path: Path) -> None:
 class RemoteShell:
     """An open SSH connection to a head node. Use `connect`; close() when done."""
 
-    def __init__(self, client: paramiko.SSHClient, where: str):
+    ssh_options: tuple[str, ...] = ()  # what makes OpenSSH reuse this connection (openssh.MasterShell's)
+
+    def __init__(self, client: paramiko.SSHClient | None, where: str):
         self.client, self.where = client, where
 
     @classmethod

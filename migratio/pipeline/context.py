@@ -1,16 +1,17 @@
 """What one job's steps share: the job, its site and clients, what each step hands the next
 (typed fields, see `Fact`), the job's result built from them, and the cleanups to run at the end."""
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from migratio.conf.config import Config
-from migratio.conf.sites import Site
+from migratio.conf.sites import OpenStackOptions, Site
 from migratio.local.commands import Commands
 from migratio.logs import set_job_fields
 from migratio.openstack.glance import SourceImage
@@ -18,6 +19,10 @@ from migratio.pipeline.recorder import NullRecorder, Recorder
 from migratio.pipeline.services import Services
 from migratio.pipeline.status import JobInfo, Meta, ProgressThrottle, StatusSink
 from migratio.units import format_size
+
+if TYPE_CHECKING:  # (paramiko: imported when a job first needs a head node)
+    from migratio.openstack.glance_protocol import Glance
+    from migratio.openstack.ssh import RemoteShell
 
 log = logging.getLogger("migratio.pipeline")
 
@@ -68,6 +73,8 @@ class Context:
     _throttle: ProgressThrottle | None = None
     _sent: int = 0  # bytes this step reported through `sending` (counted as sent once)
     _step_start: float = 0.0
+    destination: "Glance | None" = None  # the destination Glance, opened once per job (steps.openstack)
+    _shell: "RemoteShell | None" = None  # the job's one SSH connection to the head node (see `remote`)
 
     @property
     def result(self) -> Mapping[str, object]:
@@ -137,6 +144,20 @@ class Context:
         if self._sent:
             self.metrics.transfer_rate(self.site.id, 0.0)  # the last step sent: nothing is sent now
         self.step, self._throttle, self._sent, self._step_start = name, None, 0, self.clock()
+
+    def remote(self, options: OpenStackOptions) -> "contextlib.AbstractContextManager[RemoteShell]":
+        """The job's one SSH connection to the head node, for `with`: opened on first use, kept
+        open for every later step and cleanup, closed by `close_remote` when the job ends."""
+        if self._shell is None:
+            head_node = self.services.head_node
+            self._shell = head_node(options, self.job.job_id) if head_node else self.services.remote(options)
+        return contextlib.nullcontext(self._shell)
+
+    def close_remote(self) -> None:
+        """Close the job's SSH connection (after the cleanups, which may use it)."""
+        shell, self._shell, self.destination = self._shell, None, None
+        if shell is not None:
+            shell.close()
 
     def on_exit(self, what: str, action: Callable[[], None], keep_for_retry: bool = False) -> None:
         """Run `action` when the job ends, however it ends (temp files, staged copies).

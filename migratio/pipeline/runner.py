@@ -64,7 +64,10 @@ def run_pipeline(ctx: Context, steps: list[Step], guard: Callable[[str], None] |
     finally:
         ended_in = ctx.step
         ctx.begin_step("cleanup")
-        ctx.run_cleanups(failed, retrying)
+        try:
+            ctx.run_cleanups(failed, retrying)
+        finally:
+            ctx.close_remote()
         ctx.step = ended_in
     return dict(ctx.result)
 

@@ -23,6 +23,9 @@ class Services:
     remote: Callable[[OpenStackOptions], RemoteShell]  # an SSH shell on the destination's head node
     aws: Callable[[AwsOptions], AwsClients]
     nova: Callable[[str], Nova]  # the destination's clouds.yaml cloud -> its Nova (boot check; never this site's)
+    # a job's one connection to the head node, for all its steps (site, job id; see Context.remote);
+    # None: `remote` (tests)
+    head_node: Callable[[OpenStackOptions, str], RemoteShell] | None = None
 
 
 def default_services(config: Config, environ: Mapping[str, str] | None = None) -> Services:
@@ -39,6 +42,11 @@ def default_services(config: Config, environ: Mapping[str, str] | None = None) -
 
         return remote_mod.RemoteShell.connect(site)
 
+    def head_node(site: OpenStackOptions, job_id: str) -> RemoteShell:
+        from migratio.openstack import openssh
+
+        return openssh.MasterShell.open(site, openssh.control_dir(job_id))
+
     def aws(site: AwsOptions) -> AwsClients:
         from migratio.aws import clients
 
@@ -50,7 +58,7 @@ def default_services(config: Config, environ: Mapping[str, str] | None = None) -
 
         return nova_mod.Nova(auth.session(cloud, config.clouds_file, env))
 
-    return Services(lambda: glance(config.cloud), glance, remote, aws, nova)
+    return Services(lambda: glance(config.cloud), glance, remote, aws, nova, head_node)
 
 
 def preload() -> None:
@@ -59,4 +67,4 @@ def preload() -> None:
     RQ forks a work-horse per job: what the worker imported, the horse has for free; what it
     imports itself (glanceclient, keystoneauth, paramiko: about 1 s) it pays on every job.
     """
-    from migratio.openstack import auth, glance, headnode, ssh, stream  # noqa: F401
+    from migratio.openstack import auth, glance, headnode, openssh, rsync, ssh, stream  # noqa: F401

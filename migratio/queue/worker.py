@@ -13,6 +13,7 @@ from rq.registry import StartedJobRegistry
 
 from migratio.conf.config import Config
 from migratio.local.workdirs import remove_stale
+from migratio.openstack.openssh import remove_control_dir
 from migratio.pipeline.recorder import NullRecorder, Recorder
 from migratio.pipeline.services import Services, default_services, preload
 from migratio.pipeline.status import FanOut, LogSink, StatusSink
@@ -94,6 +95,7 @@ class MigratioWorker(Worker):
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
         """The horse died before it could count its job's end: counted here, as RQ will go on."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        remove_control_dir(job.id)  # its ssh master died with it (same process group): its socket stays
         if self.horse_killed:
             self.horse_killed(job.args[1] if len(job.args) > 1 else None, bool(job.retries_left))
 

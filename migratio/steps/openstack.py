@@ -8,7 +8,7 @@ Glance there, or rsync'ed to its staging dir first) or through its API from the 
 
 import posixpath
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from migratio import origin as origins
@@ -97,7 +97,7 @@ class Transfer(Step):
         if options.register.via == "api":
             return None
         payload, remote_path = ctx.require_payload(), staged_path(ctx)
-        with ctx.services.remote(options) as shell:  # before anything is staged: what it will really take
+        with ctx.remote(options) as shell:  # before anything is staged: what it will really take
             staging_space.ensure_free(shell, options.staging_dir, staging_space.staged_bytes(payload) + SPACE_MARGIN,
                                       f"staging image {ctx.job.image_id}", ctx.site.id)
             compress = options.stream and use_compression(
@@ -113,7 +113,8 @@ class Transfer(Step):
                 return line
             ctx.forget_failure_action(REGISTER_CLEANUP)  # nothing was made: the register step makes it
         size = payload.stat().st_size
-        argv = rsync.rsync_argv(payload, remote_path, options, ctx.site.limits.bandwidth_limit)
+        with ctx.remote(options) as shell:
+            argv = rsync.rsync_argv(payload, remote_path, options, ctx.site.limits.bandwidth_limit, shell.ssh_options)
         start = ctx.clock()
         result = ctx.commands.run(argv, what="rsync", check=False,
                                   on_output=rsync.progress_callback(size, ctx.sending))
@@ -205,7 +206,12 @@ class BootCheck(Step):
 
 
 def destination(ctx: Context) -> AbstractContextManager[Glance]:
-    return open_destination(ctx.site.openstack, ctx.site.id, ctx.services.glance, ctx.services.remote)
+    """The destination Glance, opened once per job over the job's one connection and kept for
+    its later steps (what its client learnt, e.g. the project or that it runs, is not asked again)."""
+    if ctx.destination is None:
+        with open_destination(ctx.site.openstack, ctx.site.id, ctx.services.glance, ctx.remote, install=True) as dest:
+            ctx.destination = dest  # (ctx.remote leaves the connection open: closed when the job ends)
+    return nullcontext(ctx.destination)
 
 
 def refuse_table_unsafe_names(ctx: Context) -> None:
@@ -295,5 +301,5 @@ def _remove_staged_at_the_end(ctx: Context) -> str:
 
 
 def _remote(ctx: Context, argv: list[str], what: str) -> None:
-    with ctx.services.remote(ctx.site.openstack) as shell:
+    with ctx.remote(ctx.site.openstack) as shell:
         shell.check(argv, what=what)

@@ -48,7 +48,9 @@ def stream_into_glance(ctx: Context, commands: StreamCommands, payload: Path, re
         except Exception as exc:  # its stdin is closed now: the line gives up and names its image
             failed.append(exc)
 
-    result = ctx.commands.run(ssh_argv(options, line), what="ssh stream", check=False, feed=ending_early_on_failure)
+    with ctx.remote(options) as shell:  # the job's connection: no new login
+        argv = ssh_argv(options, line, shell.ssh_options)
+    result = ctx.commands.run(argv, what="ssh stream", check=False, feed=ending_early_on_failure)
     ctx.log.info("streamed %d payload bytes as %d bytes on the wire (%s)", tally.payload, tally.wire,
                  "zstd" if compress else "uncompressed")
     image_id = stream.created_id(result.stdout)
