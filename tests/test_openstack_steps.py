@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from migratio.errors import PermanentError, VerificationFailed
-from migratio.steps import common, openstack
+from migratio.steps import common, openstack, openstack_staged
 from tests.builders import DATA, STALE_ORIGIN, origin_of, ours, right_copy
 from tests.doubles import MemoryGlance
 
@@ -178,7 +178,7 @@ def test_register_replaces_the_stale_origin_of_a_migrated_source(make_ctx):
 
 def test_staged_path_is_the_same_for_every_job_of_an_image(make_ctx):
     ctx = make_ctx(MemoryGlance(), staging_dir="/var/tmp/stage")
-    assert openstack.staged_path(ctx) == f"/var/tmp/stage/{ctx.job.image_id}-site-a.qcow2"  # a retry resumes it
+    assert openstack_staged.staged_path(ctx) == f"/var/tmp/stage/{ctx.job.image_id}-site-a.qcow2"  # a retry resumes it
 
 
 def test_convert_is_a_no_op_or_a_relabel_when_the_bytes_stay_the_same(make_ctx):

@@ -6,7 +6,6 @@ Glance there, or rsync'ed to its staging dir first) or through its API from the 
 (`register: {via: api}`: uploaded straight from the file); migratio.openstack.destination picks.
 """
 
-import posixpath
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -19,13 +18,13 @@ from migratio.openstack import compression, rsync, staging_space
 from migratio.openstack.destination import open_destination
 from migratio.openstack.glance_cli import table_safe
 from migratio.openstack.glance_protocol import Glance, ImageRecord, NewImage, Payload, StreamCommands
-from migratio.openstack.ranges import marks_dir
 from migratio.pipeline.context import Context, Fact
 from migratio.pipeline.runner import Step
 from migratio.steps import openstack_ranges
 from migratio.steps.common import SPACE_MARGIN
 from migratio.steps.openstack_compare import PAYLOAD_MD5, copy_is_right, mismatch
 from migratio.steps.openstack_copies import copies
+from migratio.steps.openstack_staged import remove_staged_at_the_end, staged_path
 from migratio.steps.openstack_stream import use_compression
 from migratio.units import whole_mib
 
@@ -55,7 +54,7 @@ class Dedupe(Step):
     def run(self, ctx: Context) -> str | None:
         refuse_table_unsafe_names(ctx)
         if ctx.site.openstack.register.via == "ssh" and ctx.retries_left < ctx.config.retries:
-            _remove_staged_at_the_end(ctx)  # a retry: an earlier attempt may have left a partial copy
+            remove_staged_at_the_end(ctx)  # a retry: an earlier attempt may have left a partial copy
         with destination(ctx) as dest:
             found = copies(ctx, dest)
             for image in found:
@@ -102,7 +101,7 @@ class Transfer(Step):
                                       f"staging image {ctx.job.image_id}", ctx.site.id)
             compress = options.stream and use_compression(
                 ctx, payload, lambda: compression.remote_version(shell, options.remote_env_file))
-        remove = _remove_staged_at_the_end(ctx)
+        remove = remove_staged_at_the_end(ctx)
         commands = _stream_commands(ctx, payload) if options.stream else None
         if commands is not None:  # (ensure_free made the staging dir)
             created: list[str] = []
@@ -259,15 +258,6 @@ def dest_properties(ctx: Context) -> dict[str, str]:
     return props
 
 
-def staged_path(ctx: Context) -> str:
-    """One name per (image, source site, format) in the destination's staging dir: a retried or
-    repeated job finds the partial file an interrupted rsync left and resumes from it (the
-    per (image, destination) lock keeps two jobs from writing it at once)."""
-    fmt = ctx.payload_format or ctx.site.openstack.disk_format or ctx.require_image().disk_format  # (convert's)
-    name = f"{ctx.job.image_id}-{ctx.config.name}.{fmt}"
-    return posixpath.join(ctx.site.openstack.staging_dir, name)
-
-
 def _settled(ctx: Context, dest: Glance, image_id: str) -> ImageRecord:
     deadline = ctx.clock() + SETTLE_TIMEOUT
     while True:
@@ -286,20 +276,3 @@ def _delete_created(ctx: Context, created: list[str]) -> None:
         for image in copies(ctx, dest):  # the id never came back: find what this run left
             if image.get("status") != "active":
                 dest.delete(str(image["id"]))
-
-
-def _remove_staged_at_the_end(ctx: Context) -> str:
-    """Removes the staged file when the job ends, unless a retry will resume it (rsync --partial);
-    returns the cleanup's label (registered once, however often this is called)."""
-    options, remote_path = ctx.site.openstack, staged_path(ctx)
-    label = f"remove staged file {remote_path} on {options.host}"
-    ctx.forget_exit_action(label)
-    ctx.on_exit(label, lambda: _remote(ctx, ["rm", "-rf", "--", remote_path, marks_dir(remote_path)],
-                                       "rm of the staged file"),
-                keep_for_retry=True)
-    return label
-
-
-def _remote(ctx: Context, argv: list[str], what: str) -> None:
-    with ctx.remote(ctx.site.openstack) as shell:
-        shell.check(argv, what=what)
