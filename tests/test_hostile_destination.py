@@ -189,7 +189,7 @@ def test_a_feed_that_fails_after_the_image_was_created_leaves_no_image_and_no_st
     img = glance_image()
     api = lab.site_b.api()
 
-    def feeder(payload, rate, progress, clock=None):
+    def feeder(payload, rate, progress, clock=None, **_codec):
         def feed(pipe):  # half the bytes, then (once the head node created the image) a read error
             data = payload.read_bytes()
             pipe.write(data[: len(data) // 2])
