@@ -59,16 +59,17 @@ def _notes(flow: str, r: dict) -> str:
 
 def claims_table(result: dict) -> list[str]:
     """The claim per case: legacy/migratio (per stored format), migratio/ceiling, migratio/max(link, floor)."""
-    lines = ["| case | RTT ms | image | legacy/migratio | migratio/ceiling | link time s | "
-             "migratio/max(link time, glance floor) | already present, worker s (via ssh / via api) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| case | RTT ms | image | legacy/migratio | migratio/ceiling | one-stream ceiling/migratio | "
+             "link time s | migratio/max(link time, glance floor) | already present, worker s (via ssh / via api) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for run in result["runs"]:
         ratios, m = run["ratios"], run["flows"].get("migratio", {})
         present = m.get("already_present", {}).get("worker_s")
         via_api = m.get("already_present_api", {}).get("worker_s")
         lines.append(f"| {run['case']} | {run.get('rtt_ms', 0):g} | {_image(run)} | "
                      f"{ratios.get('legacy/migratio', '-')} | {ratios.get('migratio/ceiling', '-')} | "
-                     f"{_s(ratios.get('link_s'))} | {ratios.get('migratio/max(link,glance-floor)', '-')} | "
+                     f"{ratios.get('one-stream-ceiling/migratio', '-')} | {_s(ratios.get('link_s'))} | "
+                     f"{ratios.get('migratio/max(link,glance-floor)', '-')} | "
                      f"{_s(present)} / {_s(via_api)} |")
     return lines
 
