@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 LAB ?= .lab
 DEB_PACKAGES := redis-server openssh-server openssh-client qemu-utils rsync zstd ruby-sidekiq \
-                ruby-redis-namespace systemd procps iproute2 python3-venv logrotate tmux chromium prometheus
+                ruby-redis-namespace systemd procps iproute2 python3-venv logrotate e2fsprogs tmux chromium prometheus
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
 .PHONY: test demo demo-stop bench deps venv lab-venv install-systemd clean
