@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.destinations import Destination, remote
 from bench.measure import Bytes, TreeSampler
+from migratio.local.sparse import data_extents
 from migratio.openstack.stream import Pacer  # the same rate limit as migratio's stream (no saved-up credit)
 
 CHUNK = 1024 * 1024
@@ -31,23 +32,10 @@ UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 CHECKSUM_RE = re.compile(r"\|\s*checksum\s*\|\s*([0-9a-f]+)\s*\|")
 
 
-def data_extents(fd: int, size: int):
-    """(offset, length) of the file's data extents (holes skipped), via SEEK_DATA/SEEK_HOLE."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole is left
-            return
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        yield start, end - start
-        offset = end
-
-
 def allocated_bytes(path: Path) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return sum(length for _, length in data_extents(fd, os.fstat(fd).st_size))
+        return sum(end - start for start, end in data_extents(fd, os.fstat(fd).st_size))
     finally:
         os.close(fd)
 
@@ -62,8 +50,7 @@ def ceiling(dest: Destination, path: Path, cap_bytes: float | None, env: dict, c
         pacer, fd, sent = Pacer(cap_bytes), os.open(path, os.O_RDONLY), 0
         try:
             with TreeSampler(proc.pid) as memory:
-                for offset, length in data_extents(fd, os.fstat(fd).st_size):
-                    end = offset + length
+                for offset, end in data_extents(fd, os.fstat(fd).st_size):
                     while offset < end:
                         block = os.pread(fd, min(CHUNK, end - offset), offset)
                         proc.stdin.write(block)

@@ -21,7 +21,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.flows import allocated_bytes, data_extents
+from bench.flows import allocated_bytes
+from migratio.local.sparse import data_extents
 from support.lab.images import make_qcow2, parse_size
 
 MiB = 1024 * 1024
@@ -101,9 +102,9 @@ def zstd_ratio(path: Path) -> float:
     reader.start()
     fd, fed = os.open(path, os.O_RDONLY), 0
     try:
-        for offset, length in data_extents(fd, os.fstat(fd).st_size):
-            for pos in range(offset, offset + length, MiB):
-                block = os.pread(fd, min(MiB, offset + length - pos), pos)
+        for start, end in data_extents(fd, os.fstat(fd).st_size):
+            for pos in range(start, end, MiB):
+                block = os.pread(fd, min(MiB, end - pos), pos)
                 proc.stdin.write(block)
                 fed += len(block)
     finally:

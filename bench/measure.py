@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import re
 import shlex
 import threading
@@ -186,16 +184,3 @@ class TreeSampler:
 def mb(kib: int | None) -> float | None:
     return None if kib is None else round(kib * 1024 / MB, 1)
 
-
-def machine() -> dict:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with contextlib.suppress(OSError, ValueError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "memory_mib": mem, "python": platform.python_version(), "loadavg_start": os.getloadavg()}
