@@ -159,7 +159,7 @@ def check_zstd(shell: RemoteShell, opts: OpenStackOptions, site_id: str, limit: 
                 "(compress: auto); install it to compress them on slow links")
     if opts.compress is True:
         return f"{remote} on {opts.host}: streams to {site_id} are compressed (compress: true)"
-    when = ("when a sample of the image compresses" if limit and limit <= compression.AUTO_LIMIT else
+    when = ("when a sample of the image compresses" if compression.link_capped(limit) else
             f"only on a link capped at {compression.AUTO_LIMIT} KiB/s (1 Gbit/s) or less, and bandwidth_limit "
             f"is {limit or 'not set'}: not now")
     return f"{remote} on {opts.host}: streams to {site_id} are compressed {when} (compress: auto)"

@@ -36,6 +36,11 @@ CHUNK = 1024 * 1024
 STDERR_KEPT = 4096
 
 
+def link_capped(bandwidth_limit: int | None) -> bool:
+    """Whether `compress: auto` may compress: the site's link is capped (KiB/s) at AUTO_LIMIT or less."""
+    return bool(bandwidth_limit) and bandwidth_limit <= AUTO_LIMIT
+
+
 def local_program() -> str | None:
     """The worker's zstd (on the PATH its children get), or None."""
     return shutil.which(PROGRAM, path=child_env(PROGRAM)["PATH"])

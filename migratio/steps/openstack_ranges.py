@@ -1,6 +1,7 @@
 """Transfer over several ssh streams at once (`streams: N|auto`, the shell lines of
 migratio.openstack.ranges): N data connections take the payload's ranges one after the other,
-while one more connection creates the image and feeds Glance in order as ranges complete.
+while the job's own connection (its ControlMaster) prepares the staged file, then creates the
+image and feeds Glance in order as ranges complete.
 
 Each stream is its own `ssh` process (its own TCP connection): one channel's window limits a
 stream per round trip, one TCP connection's congestion window and one process's cipher would
@@ -13,7 +14,7 @@ import functools
 import os
 import threading
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Sequence
 
 from migratio.errors import StepError, TransientError
 from migratio.local.commands import Result
@@ -21,19 +22,21 @@ from migratio.openstack import ranges, stream
 from migratio.openstack.glance_protocol import StreamCommands
 from migratio.openstack.openssh import openssh_refusal, ssh_argv
 from migratio.openstack.ranges import Range
-from migratio.openstack.ssh import SSH_FAILED, RemoteShell, address, last_line
+from migratio.openstack.ssh import SSH_FAILED, address, last_line
 from migratio.pipeline.context import Context
 from migratio.steps.openstack_stream import feed_failure, made, stream_into_glance
 from migratio.units import whole_mib
 
 
-def stream_count(ctx: Context, shell: RemoteShell) -> int:
-    """`streams` of the site conf; for `auto`, from the round trip time of the job's ssh connection
-    (RemoteShell.round_trip) and the site's bandwidth_limit (see ranges.auto_streams)."""
+def stream_count(ctx: Context) -> int:
+    """`streams` of the site conf; for `auto`, from the round trip time of an ssh connection
+    (RemoteShell.round_trip: paramiko's, as the job's ControlMaster cannot time one) and the
+    site's bandwidth_limit (see ranges.auto_streams)."""
     setting, limit = ctx.site.openstack.streams, ctx.site.limits.bandwidth_limit
     if isinstance(setting, int):
         return setting
-    rtt = shell.round_trip()
+    with ctx.services.remote(ctx.site.openstack) as probe:
+        rtt = probe.round_trip()
     count = ranges.auto_streams(rtt, limit * 1024 if limit else None)
     ctx.log.info("streams: auto: %d (round trip %.1f ms)", count, rtt * 1000)
     return count
@@ -45,13 +48,12 @@ def send(ctx: Context, commands: StreamCommands, payload: Path, remote_path: str
     `compress`) or several (never compressed: each would need its own compressor and decoder)."""
     if ctx.site.openstack.streams == 1:
         return stream_into_glance(ctx, commands, payload, remote_path, created, compress)
-    with ctx.services.remote(ctx.site.openstack) as shell:  # one connection: the round trip, then the staged file
-        count = stream_count(ctx, shell)
-        ctx.details["streams"] = count  # in the job's result: what `auto` chose
-        listing = shell.check(ranges.prepare_argv(remote_path, payload.stat().st_size),
-                              what="preparing the staged file", timeout=60) if count > 1 else ""
+    count = ctx.details["streams"] = stream_count(ctx)  # in the job's result: what `auto` chose
     if count == 1:
         return stream_into_glance(ctx, commands, payload, remote_path, created, compress)
+    with ctx.remote(ctx.site.openstack) as shell:  # the job's connection: the staged file, then the control line
+        listing = shell.check(ranges.prepare_argv(remote_path, payload.stat().st_size),
+                              what="preparing the staged file", timeout=60)
     if compress:
         ctx.log.info("streams: %d: the ranges are sent uncompressed (compress applies to a single stream)", count)
     return send_in_ranges(ctx, commands, payload, remote_path, created, count, listing)
@@ -139,8 +141,10 @@ def send_in_ranges(ctx: Context, commands: StreamCommands, payload: Path, remote
     for thread in threads:
         thread.start()
     line = ranges.control_line(commands, remote_path, payload.stat().st_size, options.remote_env_file)
+    with ctx.remote(options) as shell:  # the control line reuses the job's connection; the data streams don't
+        via = shell.ssh_options
     try:
-        result = _run(ctx, line, "ssh stream (control)", shared.announce, None)
+        result = _run(ctx, line, "ssh stream (control)", shared.announce, None, via)
     finally:
         shared.failed(None)  # the control line ended: no stream has anything left to do
         for thread in threads:
@@ -167,8 +171,8 @@ def _data_stream(ctx: Context, shared: Ranges, remote_path: str, number: int, co
 
 
 def _run(ctx: Context, line: str, what: str, feed: Callable[[BinaryIO], None],
-         on_output: Callable[[str], None] | None) -> Result:
-    return ctx.commands.run(ssh_argv(ctx.site.openstack, line), what=what, check=False, feed=feed,
+         on_output: Callable[[str], None] | None, via: Sequence[str] = ()) -> Result:
+    return ctx.commands.run(ssh_argv(ctx.site.openstack, line, via), what=what, check=False, feed=feed,
                             on_output=on_output)
 
 

@@ -99,7 +99,7 @@ def use_compression(ctx: Context, payload: Path, head_node_zstd: Callable[[], st
 
 def _capped(ctx: Context) -> bool:
     limit = ctx.site.limits.bandwidth_limit
-    if limit and limit <= compression.AUTO_LIMIT:
+    if compression.link_capped(limit):
         return True
     ctx.log.info("streaming uncompressed (compress: auto): the link is not capped at %d KiB/s or less "
                  "(bandwidth_limit %s), compressing would cost more CPU than link time", compression.AUTO_LIMIT, limit)
