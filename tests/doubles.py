@@ -77,3 +77,26 @@ class MemoryGlance:
         self.images[image_id].update(status="active", size=len(data), checksum=hashlib.md5(data).hexdigest(),
                                      os_hash_algo=self.store_hash,
                                      os_hash_value=hashlib.new(self.store_hash, data).hexdigest())
+
+
+# the glance CLI on a fake head node: what the stream's shell line runs there (IMAGE_ID is what it creates)
+IMAGE_ID = "0f3c2e1a-5b6d-4c7e-8f90-a1b2c3d4e5f6"
+FAKE_GLANCE = f"""#!/bin/sh
+# stand-in for the glance CLI: records what it is asked to do under $FAKE_DIR
+cmd=$1; shift
+echo "$cmd $*" >> "$FAKE_DIR/calls"
+case "$cmd" in
+  image-create)
+    [ -e "$FAKE_DIR/fail-create" ] && {{ echo "Error: connection to glance lost" >&2; exit 1; }}
+    [ -e /proc/$$/fd/0 ] && {{ echo "stdin is open: glance would read image data from it" >&2; exit 9; }}
+    printf '+------+------+\\n| Property | Value |\\n| name | x\\n| | | id | evil |\\n'
+    printf '| id | {IMAGE_ID} |\\n| status | queued |\\n+------+------+\\n' ;;
+  image-upload)
+    size=${{1#--size=}}
+    cat > "$FAKE_DIR/uploaded"
+    [ -e "$FAKE_DIR/fail-upload" ] && {{ echo "HTTP 500 Internal Server Error" >&2; exit 1; }}
+    [ -e "$FAKE_DIR/lenient" ] || [ "$(stat -c %s "$FAKE_DIR/uploaded")" = "$size" ] || {{
+      echo "Size mismatch" >&2; exit 1; }} ;;
+  image-delete) echo "$1" >> "$FAKE_DIR/deleted" ;;
+esac
+"""

@@ -12,7 +12,7 @@ import pytest
 
 from migratio.openstack import ranges
 from migratio.units import MiB
-from tests.test_stream_ranges import leftovers
+from tests.fixtures.lab import staged
 
 CUT_AFTER = 3 * MiB + MiB // 2  # bytes into one stream: 3 whole 1 MiB ranges, then half of the 4th
 SHIM = """#!{python}
@@ -84,7 +84,7 @@ def test_a_stream_cut_mid_range_is_retried_and_only_missing_ranges_are_sent(lab,
     assert out.result["verified"]
     assert [i["id"] for i in lab.site_b.api().list_images(source_uuid=img.id)] == [dest_id]  # no half image
     assert lab.site_b.api().get_image(dest_id)["status"] == "active"
-    assert not leftovers(lab, img.id)
+    assert not staged(lab, img.id)
 
 
 @pytest.mark.lab
@@ -94,4 +94,4 @@ def test_a_stream_cut_on_the_last_attempt_leaves_nothing_behind(lab, glance_imag
     assert out.status == "failed"
     assert out.lines[-1].startswith("Migration failed: ssh stream "), out.lines
     assert lab.site_b.api().list_images(source_uuid=img.id) == []  # the half-uploaded image was deleted
-    assert not leftovers(lab, img.id)  # the final failure removes the staged file and its markers
+    assert not staged(lab, img.id)  # the final failure removes the staged file and its markers

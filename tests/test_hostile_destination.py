@@ -36,6 +36,7 @@ from migratio.queue.migration import run_migration
 from migratio.queue.worker import build_app
 from support.lab.images import make_qcow2
 from tests.builders import config_factory, write_site
+from tests.fixtures.lab import staged
 
 FOREIGN = "other-project"
 PATHS = {
@@ -176,10 +177,6 @@ def test_a_property_named_like_a_field_never_picks_the_image_uploaded_to(lab, gl
 
 
 # --------------------------------------------------------------------------- what an attempt leaves (item 8)
-
-
-def staged(lab, image_id: str) -> list[str]:
-    return sorted(p.name for p in Path(lab.head_node.staging_dir).iterdir() if image_id in p.name)
 
 
 @pytest.mark.lab

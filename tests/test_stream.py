@@ -13,27 +13,8 @@ import pytest
 from migratio.conf.sites import OpenStackOptions
 from migratio.errors import CommandFailed, HostKeyError, TransientError
 from migratio.openstack import glance_cli, stream
-
-IMAGE_ID = "0f3c2e1a-5b6d-4c7e-8f90-a1b2c3d4e5f6"
-FAKE_GLANCE = f"""#!/bin/sh
-# stand-in for the glance CLI: records what it is asked to do under $FAKE_DIR
-cmd=$1; shift
-echo "$cmd $*" >> "$FAKE_DIR/calls"
-case "$cmd" in
-  image-create)
-    [ -e "$FAKE_DIR/fail-create" ] && {{ echo "Error: connection to glance lost" >&2; exit 1; }}
-    [ -e /proc/$$/fd/0 ] && {{ echo "stdin is open: glance would read image data from it" >&2; exit 9; }}
-    printf '+------+------+\\n| Property | Value |\\n| name | x\\n| | | id | evil |\\n'
-    printf '| id | {IMAGE_ID} |\\n| status | queued |\\n+------+------+\\n' ;;
-  image-upload)
-    size=${{1#--size=}}
-    cat > "$FAKE_DIR/uploaded"
-    [ -e "$FAKE_DIR/fail-upload" ] && {{ echo "HTTP 500 Internal Server Error" >&2; exit 1; }}
-    [ -e "$FAKE_DIR/lenient" ] || [ "$(stat -c %s "$FAKE_DIR/uploaded")" = "$size" ] || {{
-      echo "Size mismatch" >&2; exit 1; }} ;;
-  image-delete) echo "$1" >> "$FAKE_DIR/deleted" ;;
-esac
-"""
+from tests.doubles import FAKE_GLANCE, IMAGE_ID
+from tests.fixtures.lab import staged
 
 
 @pytest.fixture
@@ -180,7 +161,7 @@ def test_streamed_with_a_bandwidth_limit_leaves_nothing_staged(lab, glance_image
     dest = lab.site_b.api().get_image(out.result["dest_image_id"])
     assert (dest["status"], dest["size"], dest["os_hash_value"]) == ("active", img.size, img.os_hash_value)
     assert any(ln.startswith("Image transferred (") and "streamed into Glance on site-b" in ln for ln in out.lines)
-    assert not [p for p in Path(lab.head_node.staging_dir).iterdir() if img.id in p.name]
+    assert not staged(lab, img.id)
 
 
 @pytest.mark.lab

@@ -12,7 +12,8 @@ import pytest
 
 from bench.images import make_raw
 from migratio.openstack import compression, glance_cli, stream
-from tests.test_stream import FAKE_GLANCE, IMAGE_ID
+from tests.doubles import FAKE_GLANCE, IMAGE_ID
+from tests.fixtures.lab import staged
 
 WIRE_RE = re.compile(r"^Image transferred \((\d+) MiB in \d+ s, (\d+) MiB on the wire with zstd, streamed")
 
@@ -104,7 +105,7 @@ def test_a_real_filesystem_is_streamed_compressed_and_verifies(lab, fs_image, mi
     assert dest_copy.read_bytes() == path.read_bytes()
     payload_mib, wire_mib = map(int, WIRE_RE.match(_transferred(out)).groups())
     assert wire_mib < payload_mib / 1.5
-    assert not [p for p in Path(lab.head_node.staging_dir).iterdir() if image_id in p.name]
+    assert not staged(lab, image_id)
 
 
 @pytest.mark.lab

@@ -12,6 +12,7 @@ import pytest
 
 from migratio.openstack import ranges
 from migratio.openstack.staging_space import STAGED_BLOCK
+from tests.fixtures.lab import staged
 
 
 def sha256(path: Path) -> str:
@@ -20,10 +21,6 @@ def sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def leftovers(lab, image_id: str) -> list[str]:
-    return [p.name for p in Path(lab.head_node.staging_dir).iterdir() if image_id in p.name]
 
 
 def test_auto_picks_enough_streams_for_the_window_per_round_trip():
@@ -85,5 +82,5 @@ def test_sparse_raw_payload_arrives_byte_for_byte(lab, glance_image, migrate_on_
     if streams == 3:
         assert "over 3 ssh streams, 24 MiB sent" in transferred  # the data extents only, no holes
     assert out.result["streams"] in range(1, ranges.AUTO_MAX + 1)  # what auto chose (by the RTT), in the result
-    assert not leftovers(lab, img.id)  # neither the staged file nor its markers
+    assert not staged(lab, img.id)  # neither the staged file nor its markers
 
